@@ -1,0 +1,235 @@
+"""One Linen decoder for the GPT-2, Llama and Qwen2 families.
+
+Pre-norm blocks: ``x += Attn(Norm(x)); x += MLP(Norm(x))``, then a final norm and the LM head
+(tied to the token embedding or not). Attention is causal with a key padding mask; positions are
+derived from the attention mask (``cumsum(mask) - 1``) so a left-padded prompt behaves exactly like
+the unpadded one. The KV cache is a plain pytree (see ``kv_cache.py``) passed in and returned.
+
+Parameter tree under ``params`` (the Hugging Face converter in ``checkpoint/hf.py`` relies on it)::
+
+    embedding [V, D]                pos_embedding [L, D]          (learned positions only)
+    layer_{i}/attn_norm/{scale, bias?}                            (bias: LayerNorm only)
+    layer_{i}/attn/{q,k,v}_kernel [D, N|K, H]   {q,k,v}_bias [N|K, H]   (qkv_bias)
+    layer_{i}/attn/o_kernel [N, H, D]           o_bias [D]              (out_bias)
+    layer_{i}/mlp_norm/{scale, bias?}
+    layer_{i}/mlp/{gate_kernel? [D, F], up_kernel [D, F], down_kernel [F, D]}, {up,down}_bias
+    final_norm/{scale, bias?}       lm_head [D, V]                (untied only)
+
+Einsum letters: B batch, T query positions, S key positions, D model, N query heads, K kv heads,
+G query heads per kv head, H head dim, F mlp, V vocab.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.config import TransformerConfig
+
+Array = jax.Array
+_NEG = -1e30  # finite "minus infinity": fully masked rows give a uniform softmax, never NaN
+
+
+def _param(module, name, init, shape, axes, dtype):
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
+
+
+class Norm(nn.Module):
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        d = x.shape[-1]
+        xf = x.astype(jnp.float32)
+        scale = _param(self, "scale", nn.initializers.ones, (d,), ("norm",), cfg.jnp_param_dtype)
+        if cfg.norm == "layernorm":
+            bias = _param(self, "bias", nn.initializers.zeros, (d,), ("norm",), cfg.jnp_param_dtype)
+            mean = xf.mean(-1, keepdims=True)
+            var = jnp.square(xf - mean).mean(-1, keepdims=True)
+            y = (xf - mean) * jax.lax.rsqrt(var + cfg.norm_eps) * scale + bias
+        else:
+            y = xf * jax.lax.rsqrt(jnp.square(xf).mean(-1, keepdims=True) + cfg.norm_eps)
+            y = y.astype(x.dtype).astype(jnp.float32) * scale
+        return y.astype(cfg.jnp_dtype)
+
+
+def rope(x: Array, positions: Array, theta: float) -> Array:
+    """Rotary embedding (Su et al. 2021), HF "rotate_half" layout. x: [B, T, N, H]; positions: [B, T]."""
+    h = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    xf = x.astype(jnp.float32)
+    x1, x2 = xf[..., : h // 2], xf[..., h // 2:]
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x, positions, key_mask, q_offset, layer_cache):
+        """x [B,T,D]; key_mask [B,S]; q_offset: index of x's first position among the S keys."""
+        cfg = self.cfg
+        D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        pdt, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
+        init = nn.initializers.normal(0.02)
+
+        def proj(name, heads, axes):
+            w = _param(self, f"{name}_kernel", init, (D, heads, H), ("embed",) + axes, pdt)
+            y = jnp.einsum("BTD,DNH->BTNH", x, w.astype(dt))
+            if cfg.qkv_bias:
+                y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (heads, H), axes, pdt).astype(dt)
+            return y
+
+        q = proj("q", N, ("heads", "head_dim"))
+        k = proj("k", K, ("kv_heads", "head_dim"))
+        v = proj("v", K, ("kv_heads", "head_dim"))
+        if cfg.positions == "rope":
+            q = rope(q, positions, cfg.rope_theta)
+            k = rope(k, positions, cfg.rope_theta)
+
+        new_cache = None
+        if layer_cache is not None:
+            idx = (0, q_offset, 0, 0)
+            k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), idx)
+            v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), idx)
+            new_cache = {"k": k, "v": v}
+            k, v = k.astype(dt), v.astype(dt)
+
+        B, T = x.shape[:2]
+        S = k.shape[1]
+        G = N // K
+        qg = q.reshape(B, T, K, G, H)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k).astype(jnp.float32) / jnp.sqrt(H).astype(jnp.float32)
+        q_pos = q_offset + jnp.arange(T)
+        causal = jnp.arange(S)[None, :] <= q_pos[:, None]  # [T, S]
+        allowed = causal[None, :, :] & (key_mask[:, None, :] > 0)  # [B, T, S]
+        scores = jnp.where(allowed[:, None, None], scores, _NEG)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+        wo = _param(self, "o_kernel", init, (N, H, D), ("heads", "head_dim", "embed"), pdt)
+        y = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
+        if cfg.out_bias:
+            y = y + _param(self, "o_bias", nn.initializers.zeros, (D,), ("embed",), pdt).astype(dt)
+        return y, new_cache
+
+
+class MLP(nn.Module):
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.cfg
+        D, F = cfg.d_model, cfg.d_ff
+        pdt, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
+        init = nn.initializers.normal(0.02)
+
+        def dense(name, a, b, axes, inp):
+            w = _param(self, f"{name}_kernel", init, (a, b), axes, pdt)
+            y = jnp.einsum("BTD,DF->BTF", inp, w.astype(dt))
+            if cfg.mlp_bias:
+                y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (b,), axes[1:], pdt).astype(dt)
+            return y
+
+        up = dense("up", D, F, ("embed", "mlp"), x)
+        if cfg.activation == "silu_glu":
+            h = jax.nn.silu(dense("gate", D, F, ("embed", "mlp"), x)) * up
+        else:
+            h = jax.nn.gelu(up, approximate=True)
+        return dense("down", F, D, ("mlp", "embed"), h)
+
+
+class Block(nn.Module):
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x, positions, key_mask, q_offset, layer_cache):
+        h, new_cache = Attention(self.cfg, name="attn")(
+            Norm(self.cfg, name="attn_norm")(x), positions, key_mask, q_offset, layer_cache)
+        x = x + h
+        x = x + MLP(self.cfg, name="mlp")(Norm(self.cfg, name="mlp_norm")(x))
+        return x, new_cache
+
+
+def positions_from_mask(mask: Array) -> Array:
+    """Position ids for (left-)padded rows: ``cumsum(mask) - 1`` clipped at 0."""
+    return jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+class Transformer(nn.Module):
+    """Decoder LM. ``__call__`` returns ``(logits f32 [B,T,V], hidden [B,T,D], new_cache)``."""
+
+    cfg: TransformerConfig
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, cache=None):
+        cfg = self.cfg
+        B, T = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((B, T), jnp.int32)
+        attention_mask = attention_mask.astype(jnp.int32)
+        if cache is None:
+            q_offset = 0
+            key_mask = attention_mask
+            positions = positions_from_mask(attention_mask)
+        else:
+            q_offset = cache["index"]
+            key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, q_offset))
+            positions = jax.lax.dynamic_slice(positions_from_mask(key_mask), (0, q_offset), (B, T))
+
+        embed = _param(self, "embedding", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model),
+                       ("vocab", "embed"), cfg.jnp_param_dtype)
+        x = embed.astype(cfg.jnp_dtype)[input_ids]
+        if cfg.positions == "learned":
+            pos_table = _param(self, "pos_embedding", nn.initializers.normal(0.01),
+                               (cfg.max_len, cfg.d_model), (None, "embed"), cfg.jnp_param_dtype)
+            x = x + pos_table.astype(cfg.jnp_dtype)[positions]
+
+        new_layers = {}
+        for i in range(cfg.n_layers):
+            layer_cache = None if cache is None else cache["layers"][f"layer_{i}"]
+            x, lc = Block(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
+            new_layers[f"layer_{i}"] = lc
+        hidden = Norm(cfg, name="final_norm")(x)
+
+        if cfg.tie_embeddings:
+            logits = jnp.einsum("BTD,VD->BTV", hidden, embed.astype(cfg.jnp_dtype))
+        else:
+            head = _param(self, "lm_head", nn.initializers.normal(0.02), (cfg.d_model, cfg.vocab_size),
+                          ("embed", "vocab"), cfg.jnp_param_dtype)
+            logits = jnp.einsum("BTD,DV->BTV", hidden, head.astype(cfg.jnp_dtype))
+
+        new_cache = None
+        if cache is not None:
+            new_cache = {"layers": new_layers, "mask": key_mask, "index": cache["index"] + T}
+        return logits.astype(jnp.float32), hidden, new_cache
+
+
+def init_params(cfg: TransformerConfig, rng: Array) -> dict[str, Any]:
+    """Fresh parameters ``{'params': ...}`` (plain arrays; logical axes via ``param_logical_axes``)."""
+    dummy = jnp.zeros((1, 2), jnp.int32)
+    return nn.meta.unbox(Transformer(cfg).init(rng, dummy))
+
+
+def param_logical_axes(cfg: TransformerConfig):
+    """A pytree like the params whose leaves are ``PartitionSpec``s of logical axis names."""
+    dummy = jnp.zeros((1, 2), jnp.int32)
+    boxed = jax.eval_shape(lambda r: Transformer(cfg).init(r, dummy), jax.random.PRNGKey(0))
+    return nn.get_partition_spec(boxed)
+
+
+def forward(cfg: TransformerConfig, params, input_ids, attention_mask=None, cache=None):
+    """``(logits f32 [B,T,V], hidden [B,T,D], new_cache)``; pure, jit it with cfg static."""
+    return Transformer(cfg).apply(params, input_ids, attention_mask, cache)
+
+
+def logits(cfg: TransformerConfig, params, input_ids, attention_mask=None) -> Array:
+    """Float32 logits [B, T, V] of a full (uncached) forward pass."""
+    return forward(cfg, params, input_ids, attention_mask)[0]

@@ -1,0 +1,89 @@
+"""Autoregressive sampling with a preallocated KV cache inside ``lax.while_loop``.
+
+Prefill runs the left-padded prompts once; each decode step feeds one token per row, writes its
+K/V at the shared cache index, and stores the token, its mask and its logprob into fixed-size
+buffers (no concatenation, so no recompiles). Rows stop at their first EOS; the loop exits early
+when every row is done. The returned logprob of a token is ``log_softmax(logits / T)[token]``, the
+temperature-scaled distribution it was drawn from (T = 1 for greedy), exactly what PPO's ratio and
+KL need (RLHF_NOTES: recomputing without the temperature inflates KL).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models import forward, init_cache
+from rlhf_jax.models.config import TransformerConfig
+from rlhf_jax.sampling import strategies
+
+
+@flax.struct.dataclass
+class SampleOutput:
+    tokens: jax.Array          # [B, N] new tokens (pad_id after a row's EOS)
+    mask: jax.Array            # [B, N] 1 up to and including the first EOS
+    logprobs: jax.Array        # [B, N] temperature-scaled logprob of each token (0 where masked)
+    sequences: jax.Array       # [B, P + N] prompt followed by new tokens
+    sequence_mask: jax.Array   # [B, P + N] prompt mask followed by ``mask``
+    num_steps: jax.Array       # decode steps actually run
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "top_k", "is_greedy"))
+def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos_id, pad_id, *,
+              max_new_tokens, top_k, is_greedy):
+    B, P = prompt_ids.shape
+    N = max_new_tokens
+    pick = strategies.greedy if is_greedy else strategies.sample
+    temperature = jnp.asarray(temperature, jnp.float32)
+    lp_temperature = jnp.float32(1.0) if is_greedy else temperature
+
+    cache = init_cache(cfg, B, P + N)
+    logits, _, cache = forward(cfg, params, prompt_ids, prompt_mask, cache)
+    last = logits[:, -1]
+
+    def cond(state):
+        step, _, _, _, _, _, done, _ = state
+        return (step < N) & ~jnp.all(done)
+
+    def body(state):
+        step, cache, last, toks, mask, lps, done, rng = state
+        rng, sub = jax.random.split(rng)
+        tok = pick(sub, last, temperature, top_k, top_p)
+        lp = jnp.take_along_axis(jax.nn.log_softmax(strategies.scale_temperature(last, lp_temperature)),
+                                 tok[:, None], axis=-1)[:, 0]
+        alive = ~done
+        tok = jnp.where(alive, tok, pad_id)
+        toks = toks.at[:, step].set(tok)
+        mask = mask.at[:, step].set(alive.astype(jnp.int32))
+        lps = lps.at[:, step].set(jnp.where(alive, lp, 0.0))
+        done = done | (alive & (tok == eos_id))
+        logits, _, cache = forward(cfg, params, tok[:, None], jnp.ones((B, 1), jnp.int32), cache)
+        return step + 1, cache, logits[:, 0], toks, mask, lps, done, rng
+
+    init = (jnp.int32(0), cache, last, jnp.full((B, N), pad_id, jnp.int32), jnp.zeros((B, N), jnp.int32),
+            jnp.zeros((B, N), jnp.float32), jnp.zeros((B,), bool), rng)
+    steps, _, _, toks, mask, lps, _, _ = jax.lax.while_loop(cond, body, init)
+    return SampleOutput(
+        tokens=toks, mask=mask, logprobs=lps,
+        sequences=jnp.concatenate([prompt_ids.astype(jnp.int32), toks], axis=1),
+        sequence_mask=jnp.concatenate([prompt_mask.astype(jnp.int32), mask], axis=1),
+        num_steps=steps)
+
+
+def generate(cfg: TransformerConfig, params, prompt_ids, prompt_mask, *, rng, max_new_tokens: int,
+             temperature=1.0, top_k: int = 0, top_p=1.0, eos_id=None, pad_id: int = 0) -> SampleOutput:
+    """Sample ``max_new_tokens`` continuations of left-padded prompts.
+
+    ``temperature=0`` (a Python number) is greedy decoding; otherwise ``temperature`` and ``top_p``
+    may be arrays (no recompiles when they change). ``top_k`` (0 = off) and ``max_new_tokens`` are
+    static. ``eos_id=None`` never stops early. Every prompt row must hold at least one token.
+    """
+    is_greedy = isinstance(temperature, (int, float)) and temperature == 0
+    eos = -1 if eos_id is None else eos_id
+    return _generate(cfg, params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32),
+                     rng, jnp.asarray(1.0 if is_greedy else temperature, jnp.float32),
+                     jnp.asarray(top_p, jnp.float32), jnp.int32(eos), jnp.int32(pad_id),
+                     max_new_tokens=int(max_new_tokens), top_k=int(top_k), is_greedy=is_greedy)
