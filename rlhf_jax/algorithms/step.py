@@ -1,0 +1,36 @@
+"""The one place that compiles a gradient step (MaxText style).
+
+``make_train_step(loss_fn, tx)`` returns ``step(state, batch, hparams) -> (state, metrics)``,
+jitted once, with the state donated (updated in place) and optional shardings for meshes.
+``loss_fn(params, batch, hparams) -> (loss, metrics)`` is the house loss signature.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import optax
+
+from rlhf_jax.algorithms.train_state import TrainState, apply_gradients
+
+
+def gradient_step(loss_fn: Callable, tx: optax.GradientTransformation, state: TrainState, batch,
+                  hparams):
+    """Un-jitted step body (usable inside a larger jitted function, e.g. a PPO epoch scan)."""
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, hparams)
+    metrics = dict(metrics, **{"optim/grad_norm": optax.global_norm(grads), "optim/loss": loss})
+    return apply_gradients(state, grads, tx), metrics
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, donate: bool = True,
+                    in_shardings=None, out_shardings=None):
+    def step(state, batch, hparams):
+        return gradient_step(loss_fn, tx, state, batch, hparams)
+
+    kw = {}
+    if in_shardings is not None:
+        kw["in_shardings"] = in_shardings
+    if out_shardings is not None:
+        kw["out_shardings"] = out_shardings
+    return jax.jit(step, donate_argnums=(0,) if donate else (), **kw)

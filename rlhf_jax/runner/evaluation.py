@@ -1,0 +1,62 @@
+"""Sampling helpers on the host side: many prompts through the jitted sampler in fixed-size chunks
+(one compile), decoding, gold scoring, best-of-n and the KL of samples to the reference."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from rlhf_jax.algorithms.ppo import sequence_kl
+from rlhf_jax.sampling import generate
+
+
+def sample_many(cfg, params, prompt_ids: np.ndarray, prompt_mask: np.ndarray, *, rng, n: int,
+                max_new_tokens: int, temperature: float, eos_id: int, pad_id: int,
+                chunk: int = 128) -> dict[str, np.ndarray]:
+    """``n`` samples of every prompt; arrays ``[len(prompts) * n, ...]`` ordered prompt-major."""
+    ids = np.repeat(prompt_ids, n, axis=0)
+    mask = np.repeat(prompt_mask, n, axis=0)
+    total = len(ids)
+    chunk = min(chunk, total)
+    outs = {k: [] for k in ("sequences", "sequence_mask", "tokens", "mask")}
+    for i, s in enumerate(range(0, total, chunk)):
+        cid, cm = ids[s:s + chunk], mask[s:s + chunk]
+        pad = chunk - len(cid)
+        if pad:
+            cid = np.concatenate([cid, np.repeat(cid[-1:], pad, 0)])
+            cm = np.concatenate([cm, np.repeat(cm[-1:], pad, 0)])
+        out = generate(cfg, params, cid, cm, rng=jax.random.fold_in(rng, i),
+                       max_new_tokens=max_new_tokens, temperature=temperature, eos_id=eos_id,
+                       pad_id=pad_id)
+        host = jax.device_get({k: getattr(out, k) for k in outs})
+        for k in outs:
+            outs[k].append(host[k][: chunk - pad])
+    return {k: np.concatenate(v) for k, v in outs.items()}
+
+
+def decode_responses(tok, samples: dict) -> list[str]:
+    return tok.decode(samples["tokens"], samples["mask"])
+
+
+def gold_of_samples(task_gold, tok, prompts: list[str], n: int, samples: dict) -> np.ndarray:
+    """Gold reward ``[len(prompts), n]`` of the decoded responses."""
+    responses = decode_responses(tok, samples)
+    rep_prompts = [p for p in prompts for _ in range(n)]
+    return np.asarray(task_gold(rep_prompts, responses), np.float32).reshape(len(prompts), n)
+
+
+def kl_of_samples(cfg, params, ref_params, samples: dict, temperature: float, prompt_len: int,
+                  chunk: int = 128) -> np.ndarray:
+    """Per-sample ``Σ_t log π − log π_ref`` (mean over samples = a KL(π‖π_ref) estimate)."""
+    total = len(samples["tokens"])
+    chunk = min(chunk, total)
+    out = []
+    for s in range(0, total, chunk):
+        part = {k: v[s:s + chunk] for k, v in samples.items()}
+        pad = chunk - len(part["tokens"])
+        if pad:
+            part = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in part.items()}
+        kl = sequence_kl(cfg, params, ref_params, part["sequences"], part["sequence_mask"],
+                         part["mask"], part["tokens"], np.float32(temperature), prompt_len=prompt_len)
+        out.append(np.asarray(kl)[: chunk - pad])
+    return np.concatenate(out)

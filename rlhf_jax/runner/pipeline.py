@@ -1,0 +1,382 @@
+"""The main job: the three steps of the classic RLHF recipe, resumable, from one config.
+
+1. pretrain the LM on the corpus (and optional SFT on demonstrations) — or start from a Hugging
+   Face checkpoint;
+2. sample responses from it, label them with simulated humans (or read a preference file), train
+   the reward model, normalise it;
+3. PPO against the reward model with a KL penalty to the SFT reference.
+
+Each stage checkpoints with Orbax into ``run_dir/checkpoints/<stage>``; rerunning the same command
+skips finished stages and resumes the running one from its newest checkpoint. The run directory
+gets the resolved ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.algorithms.kl_controller import init_kl_state
+from rlhf_jax.algorithms.loop import supervised_loop
+from rlhf_jax.algorithms.ppo import PPOState, make_ppo_iteration, ppo_hparams
+from rlhf_jax.algorithms.reward_model import (init_reward_model, make_rm_loss, normalization,
+                                              pairwise_accuracy, ranking_accuracy, score_in_batches)
+from rlhf_jax.algorithms.sft import make_lm_loss
+from rlhf_jax.algorithms.step import make_train_step
+from rlhf_jax.algorithms.train_state import create_state, make_optimizer
+from rlhf_jax.checkpoint.orbax import RunCheckpoints
+from rlhf_jax.data.encoding import batch_indices, encode_prompt_response, encode_prompts
+from rlhf_jax.metrics.aggregate import to_python
+from rlhf_jax.metrics.logger import MetricsLogger, progress
+from rlhf_jax.models import get_preset, init_params, init_value_head
+from rlhf_jax.runner import sources
+from rlhf_jax.runner.config_loader import ConfigError, config_to_dict, dump_config
+from rlhf_jax.runner.evaluation import gold_of_samples, kl_of_samples, sample_many
+from rlhf_jax.runner.report import write_report
+from rlhf_jax.runner.schema import ExperimentConfig
+
+
+def _log(msg: str) -> None:
+    print(f"[rlhf_jax] {msg}", file=sys.stderr, flush=True)
+
+
+def _copy_tree(tree):
+    """Fresh buffers (the PPO step donates its state; the reference must not alias it)."""
+    return jax.tree_util.tree_map(jnp.copy, tree)
+
+
+def _write_json(path, obj) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _read_json(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class Pipeline:
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+        self.run_dir = cfg.run.out_dir
+        self.key = jax.random.PRNGKey(cfg.run.seed)
+        self.show = None if cfg.run.progress else False
+        self.times: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        cfg = self.cfg
+        os.makedirs(self.run_dir, exist_ok=True)
+        cfg_path = os.path.join(self.run_dir, "config.yaml")
+        resolved = config_to_dict(cfg)
+        if os.path.exists(cfg_path):
+            import yaml
+
+            with open(cfg_path) as f:
+                old = yaml.safe_load(f) or {}
+            diff = _diff_keys(old, resolved, ignore={"run.progress"})
+            if diff:
+                raise ConfigError(f"{self.run_dir} holds a run with a different config (differs at "
+                                  f"{', '.join(diff[:5])}); use another run.out_dir or delete it")
+        dump_config(cfg, cfg_path)
+        self.ckpt = RunCheckpoints(self.run_dir)
+        resume = any(self.ckpt.latest_step(s) is not None for s in ("pretrain", "sft", "reward", "ppo"))
+        if resume:
+            _log(f"resuming the run in {self.run_dir}")
+        self.logger = MetricsLogger(self.run_dir, resume=resume)
+        self.src = sources.Sources(cfg, self.run_dir)
+        self.tok = self.src.tokenizer()
+        self.model_cfg, self.init_lm = self.src.model(self.tok, jax.random.fold_in(self.key, 0))
+        self.P, self.R = cfg.data.max_prompt_len, cfg.data.max_response_len
+        if self.P + self.R > self.model_cfg.max_len:
+            raise ConfigError(f"data.max_prompt_len + data.max_response_len = {self.P + self.R} exceeds "
+                              f"the model's max_len {self.model_cfg.max_len}")
+
+    # ------------------------------------------------------------------ step 1: LM
+    def _lm_stage(self, stage, params, data, sc) -> dict:
+        tx = make_optimizer(sc.lr, warmup=getattr(sc, "warmup", 0), total_steps=sc.steps,
+                            weight_decay=getattr(sc, "weight_decay", 0.0))
+        step_fn = make_train_step(make_lm_loss(self.model_cfg), tx)
+        state = create_state(_copy_tree(params), tx)
+        t0 = time.time()
+        state = supervised_loop(stage=stage, state=state, step_fn=step_fn, data=data,
+                                batch_size=sc.batch_size, n_steps=sc.steps, seed=self.cfg.run.seed,
+                                hparams=None, ckpt=self.ckpt, logger=self.logger,
+                                ckpt_every=10 * self.cfg.run.checkpoint_every, show_progress=self.show)
+        self.times[stage] = time.time() - t0
+        return state.params
+
+    def language_model(self) -> dict:
+        cfg = self.cfg
+        params = self.init_lm
+        self.pretrain_data = None
+        texts = self.src.pretrain_texts()
+        if texts:
+            ids, mask = self.tok.encode(texts, self.model_cfg.max_len if cfg.model.pretrained is None
+                                        else self.P + self.R, side="right", add_eos=True)
+            self.pretrain_data = {"input_ids": ids, "attention_mask": mask, "loss_mask": mask}
+        if cfg.pretrain.steps > 0 and self.pretrain_data is not None:
+            _log(f"step 1: pretraining on {len(texts)} texts for {cfg.pretrain.steps} steps")
+            params = self._lm_stage("pretrain", params, self.pretrain_data, cfg.pretrain)
+        demos = self.src.demonstrations() if cfg.sft.steps > 0 else None
+        if demos:
+            enc = encode_prompt_response(self.tok, [p for p, _ in demos], [c for _, c in demos],
+                                         self.P, self.R)
+            data = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                    "loss_mask": enc["response_mask"]}
+            _log(f"step 1b: SFT on {len(demos)} demonstrations for {cfg.sft.steps} steps")
+            params = self._lm_stage("sft", params, data, cfg.sft)
+        return params
+
+    # ------------------------------------------------------------------ step 2: reward model
+    def reward_data(self, sft_params) -> dict:
+        path = os.path.join(self.run_dir, "reward_data.npz")
+        if os.path.exists(path):
+            with np.load(path) as z:
+                return dict(z)
+        rc = self.cfg.reward
+        if self.cfg.data.preferences:
+            data = self.src.preference_arrays(self.tok, self.P, self.R)
+        else:
+            prompts = self.src.task.prompts("train", n=rc.n_prompts, seed=self.cfg.run.seed)
+            ids, mask = encode_prompts(self.tok, prompts, self.P)
+            _log(f"step 2: sampling {rc.k} responses to {len(prompts)} prompts for comparisons")
+            samples = sample_many(self.model_cfg, sft_params, ids, mask,
+                                  rng=jax.random.fold_in(self.key, 2), n=rc.k, max_new_tokens=self.R,
+                                  temperature=rc.sample_temperature, eos_id=self.tok.eos_id,
+                                  pad_id=self.tok.pad_id)
+            gold = gold_of_samples(self.src.gold, self.tok, prompts, rc.k, samples)
+            rng = np.random.default_rng([self.cfg.run.seed, 2])
+            L = self.P + self.R
+            data = {"input_ids": samples["sequences"].reshape(len(prompts), rc.k, L),
+                    "attention_mask": samples["sequence_mask"].reshape(len(prompts), rc.k, L),
+                    "gold": gold}
+            if rc.k == 2:
+                data["mu"] = self.src.labelers.pairwise_labels(gold[:, 0], gold[:, 1], tau=rc.tau,
+                                                               tie_eps=rc.tie_eps, rng=rng)
+            else:
+                data["order"] = self.src.labelers.ranking_labels(gold, tau=rc.tau, rng=rng)
+        np.savez(path, **data)
+        return data
+
+    def reward_model(self, sft_params):
+        cfg, rc = self.cfg, self.cfg.reward
+        data = self.reward_data(sft_params)
+        n = len(data["input_ids"])
+        n_eval = max(1, int(round(rc.eval_fraction * n)))
+        train = {k: v[: n - n_eval] for k, v in data.items() if k != "gold"}
+        evals = {k: v[n - n_eval:] for k, v in data.items()}
+        rm_cfg = self.model_cfg
+        if rc.init == "scratch":
+            rm_cfg = get_preset(rc.preset or cfg.model.preset, vocab_size=self.model_cfg.vocab_size,
+                                max_len=self.model_cfg.max_len)
+            backbone = init_params(rm_cfg, jax.random.fold_in(self.key, 3))
+        else:
+            backbone = sft_params
+        self.rm_cfg = rm_cfg
+        params = init_reward_model(rm_cfg, _copy_tree(backbone), jax.random.fold_in(self.key, 4))
+        tx = make_optimizer(rc.lr, warmup=10, total_steps=None)
+        step_fn = make_train_step(make_rm_loss(rm_cfg), tx)
+        hp = {"margin": jnp.float32(rc.margin), "center_coef": jnp.float32(rc.center_coef)}
+        bs = min(rc.batch_size, len(train["input_ids"]))
+        steps = rc.epochs * (len(train["input_ids"]) // bs)
+        _log(f"step 2: training the reward model on {len(train['input_ids'])} comparisons "
+             f"({steps} steps), {n_eval} held out")
+        t0 = time.time()
+        state = supervised_loop(stage="reward", state=create_state(params, tx), step_fn=step_fn,
+                                data=train, batch_size=bs, n_steps=steps, seed=cfg.run.seed,
+                                hparams=hp, ckpt=self.ckpt, logger=self.logger,
+                                ckpt_every=10 * cfg.run.checkpoint_every, show_progress=self.show)
+        self.times["reward"] = time.time() - t0
+        rm_params = state.params
+
+        info_path = os.path.join(self.run_dir, "reward_model.json")
+        info = _read_json(info_path)
+        if info is None:
+            k, L = data["input_ids"].shape[1:]
+            flat = lambda d, key: d[key].reshape(-1, L)  # noqa: E731
+            ev_scores = score_in_batches(rm_cfg, rm_params, flat(evals, "input_ids"),
+                                         flat(evals, "attention_mask")).reshape(-1, k)
+            info = {}
+            if "mu" in evals:
+                info["rm_eval_accuracy"] = pairwise_accuracy(ev_scores, evals["mu"])
+                if "gold" in evals:
+                    info["rm_label_ceiling"] = self.src.labelers.label_ceiling(
+                        evals["gold"][:, 0], evals["gold"][:, 1], evals["mu"])
+            else:
+                info["rm_eval_accuracy"] = ranking_accuracy(ev_scores, evals["order"])
+                info["rm_label_ceiling"] = ranking_accuracy(evals["gold"], evals["order"])
+            # Normalise on samples of the initial policy (Ziegler 2019) / reference responses
+            # (Stiennon 2020): the comparison data are exactly such samples (chosen ones first).
+            all_scores = score_in_batches(rm_cfg, rm_params, flat(data, "input_ids"),
+                                          flat(data, "attention_mask")).reshape(-1, k)
+            gain, bias = normalization(all_scores.reshape(-1), rc.normalize, all_scores[:, 0])
+            info.update(gain=gain, bias=bias)
+            _write_json(info_path, info)
+            self.logger.log(steps, {"eval/rm_accuracy": info["rm_eval_accuracy"]}, stage="reward")
+        _log(f"reward model held-out accuracy {info['rm_eval_accuracy']:.3f}"
+             + (f" (label ceiling {info['rm_label_ceiling']:.3f})" if "rm_label_ceiling" in info else ""))
+        return rm_params, info
+
+    # ------------------------------------------------------------------ step 3: PPO
+    def evaluate(self, params, ref_params, prompts, ids, mask, n) -> dict:
+        ec = self.cfg.eval
+        samples = sample_many(self.model_cfg, params, ids, mask, rng=jax.random.fold_in(self.key, 5),
+                              n=n, max_new_tokens=self.R, temperature=ec.temperature,
+                              eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
+        out = {"samples": samples}
+        if self.src.gold is not None:
+            out["gold"] = gold_of_samples(self.src.gold, self.tok, prompts, n, samples)
+        out["kl"] = kl_of_samples(self.model_cfg, params, ref_params, samples, ec.temperature, self.P)
+        return out
+
+    def ppo(self, sft_params, rm_params, rm_info):
+        cfg, pc = self.cfg, self.cfg.ppo
+        prompts = self.src.ppo_prompts()
+        ids, mask = encode_prompts(self.tok, prompts, self.P)
+        B = min(pc.batch_size, len(prompts))
+        if B % pc.minibatches:
+            raise ConfigError(f"ppo.batch_size ({B}) must be a multiple of ppo.minibatches ({pc.minibatches})")
+        ref_params = _copy_tree(sft_params)
+        head = init_value_head(jax.random.fold_in(self.key, 6), self.rm_cfg.d_model)
+        if pc.critic == "shared":
+            critic_cfg = self.model_cfg
+            critic = {"head": init_value_head(jax.random.fold_in(self.key, 6), self.model_cfg.d_model)}
+        else:
+            critic_cfg = self.rm_cfg
+            critic = {"backbone": rm_params["backbone"], "head": head}
+        tx = make_optimizer(pc.lr)
+        train = create_state(_copy_tree({"policy": sft_params, "critic": critic}), tx)
+        state = PPOState(train=train, kl=init_kl_state(pc.kl.beta), rng=jax.random.fold_in(self.key, 7),
+                         iteration=jnp.zeros((), jnp.int32))
+        start = 0
+        if self.ckpt.latest_step("ppo") is not None:
+            restored, meta = self.ckpt.restore("ppo", {"ppo": state})
+            state, start = restored["ppo"], int(meta["step"])
+            self.logger.truncate_after("ppo", start)
+            self.logger.truncate_after("eval", start)
+        iteration = make_ppo_iteration(cfg=self.model_cfg, critic_cfg=critic_cfg, rm_cfg=self.rm_cfg,
+                                       ppo_cfg=pc, tx=tx, prompt_len=self.P, max_new_tokens=self.R,
+                                       eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
+        hp = ppo_hparams(pc)
+        norm = {"gain": jnp.float32(rm_info["gain"]), "bias": jnp.float32(rm_info["bias"])}
+        use_ptx = pc.ptx_coef > 0
+        if use_ptx and self.pretrain_data is None:
+            raise ConfigError("ppo.ptx_coef > 0 needs pretraining texts (task corpus or data.pretrain_text)")
+        ptx_dummy = np.zeros((1, 1), np.int32)
+
+        eval_prompts = self.src.eval_prompts()
+        e_ids, e_mask = encode_prompts(self.tok, eval_prompts, self.P)
+        n_batches = len(prompts) // B
+        iter_times = []
+        _log(f"step 3: PPO for {pc.iterations} iterations of {B} rollouts")
+        bar = progress(pc.iterations, "ppo", initial=start, force=self.show)
+        for it in range(start, pc.iterations):
+            t0 = time.time()
+            epoch, k = divmod(it, n_batches)
+            idx = batch_indices(len(prompts), B, cfg.run.seed, epoch)[k]
+            if use_ptx:
+                rows = np.random.default_rng([cfg.run.seed, 99, it]).integers(
+                    0, len(self.pretrain_data["input_ids"]), B)
+                ptx_ids = self.pretrain_data["input_ids"][rows]
+                ptx_mask = self.pretrain_data["attention_mask"][rows]
+            else:
+                ptx_ids = ptx_mask = ptx_dummy
+            state, metrics = iteration(state, ref_params, rm_params, norm, ids[idx], mask[idx],
+                                       ptx_ids, ptx_mask, hp)
+            metrics = to_python(metrics)
+            iter_times.append(time.time() - t0)
+            self.logger.log(it + 1, metrics, stage="ppo")
+            bar.update(1)
+            bar.set_metrics({"score": metrics["objective/scores"], "kl": metrics["objective/kl"]})
+            if (it + 1) % pc.eval_every == 0 and it + 1 < pc.iterations:
+                ev = self.evaluate(state.train.params["policy"], ref_params, eval_prompts, e_ids, e_mask, 1)
+                self.logger.log(it + 1, _eval_metrics(ev), stage="eval")
+            if (it + 1) % cfg.run.checkpoint_every == 0 or it + 1 == pc.iterations:
+                self.ckpt.save("ppo", it + 1, {"ppo": state}, {"done": it + 1 == pc.iterations})
+        bar.close()
+        self.times["ppo"] = sum(iter_times)
+        self.times["ppo_iteration_s"] = float(np.median(iter_times[1:])) if len(iter_times) > 1 else (
+            iter_times[0] if iter_times else float("nan"))
+        return state, ref_params
+
+    # ------------------------------------------------------------------ all
+    def run(self) -> dict:
+        t_start = time.time()
+        self.setup()
+        sft_params = self.language_model()
+        rm_params, rm_info = self.reward_model(sft_params)
+        cfg, ec = self.cfg, self.cfg.eval
+        eval_prompts = self.src.eval_prompts()
+        e_ids, e_mask = encode_prompts(self.tok, eval_prompts, self.P)
+
+        init_path = os.path.join(self.run_dir, "eval_initial.json")
+        initial = _read_json(init_path)
+        if initial is None:
+            _log(f"evaluating the initial policy on {len(eval_prompts)} held-out prompts")
+            ev = self.evaluate(sft_params, sft_params, eval_prompts, e_ids, e_mask, ec.samples_per_prompt)
+            initial = {}
+            if "gold" in ev:
+                initial["gold_reward_initial"] = float(ev["gold"].mean())
+                bo = self.evaluate(sft_params, sft_params, eval_prompts, e_ids, e_mask, ec.best_of_n)
+                initial[f"gold_reward_best_of_{ec.best_of_n}"] = float(bo["gold"].max(axis=1).mean())
+            _write_json(init_path, initial)
+            self.logger.log(0, _eval_metrics(ev), stage="eval")
+
+        state, ref_params = self.ppo(sft_params, rm_params, rm_info)
+        final = self.evaluate(state.train.params["policy"], ref_params, eval_prompts, e_ids, e_mask,
+                              ec.samples_per_prompt)
+        self.logger.log(cfg.ppo.iterations, _eval_metrics(final), stage="eval")
+        summary = dict(initial)
+        summary.update({k: v for k, v in rm_info.items() if k.startswith("rm_")})
+        summary["rm_gain"], summary["rm_bias"] = rm_info["gain"], rm_info["bias"]
+        if "gold" in final:
+            summary["gold_reward_final"] = float(final["gold"].mean())
+        summary["kl_to_reference_final"] = float(final["kl"].mean())
+        summary["kl_coef_final"] = float(state.kl.beta)
+        summary["eos_rate_final"] = float(final["samples"]["mask"].sum(1).mean())
+        summary["response_length_final"] = float(final["samples"]["mask"].sum(1).mean())
+        summary["eos_rate_final"] = float(np.mean(np.any(
+            (final["samples"]["tokens"] == self.tok.eos_id) & (final["samples"]["mask"] > 0), axis=1)))
+        summary["ppo_iteration_time_s"] = self.times.get("ppo_iteration_s", float("nan"))
+        summary["stage_time_s"] = {k: v for k, v in self.times.items() if k != "ppo_iteration_s"}
+        summary["wall_time_s"] = time.time() - t_start
+        _write_json(os.path.join(self.run_dir, "summary.json"), summary)
+        self.logger.close()
+        self.ckpt.close()
+        write_report(self.run_dir)
+        _log("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
+        return summary
+
+
+def _eval_metrics(ev) -> dict:
+    out = {"eval/kl": float(ev["kl"].mean())}
+    if "gold" in ev:
+        out["eval/gold_reward"] = float(ev["gold"].mean())
+    return out
+
+
+def _diff_keys(a, b, ignore=(), prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            key = f"{prefix}{k}"
+            if key in ignore:
+                continue
+            out += _diff_keys(a.get(k), b.get(k), ignore, key + ".")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def run_experiment(cfg: ExperimentConfig) -> dict:
+    return Pipeline(cfg).run()

@@ -1,0 +1,180 @@
+"""Run report: ``report.md`` with a summary table, PNG plots of the metrics and the resolved config.
+
+Reads ``run_dir/metrics.jsonl`` (lines carrying a ``stage``: 'pretrain', 'sft', 'reward', 'ppo',
+'eval'), ``summary.json`` and ``config.yaml`` (each optional) and writes ``run_dir/report.md`` and
+``run_dir/plots/*.png``. Every metric is drawn against the steps of the stage that logged it (one
+line per stage that logged it). A panel whose metrics are all absent is left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+from typing import Any
+
+from rlhf_jax.metrics.logger import read_metrics
+
+__all__ = ["write_report", "PANELS", "Panel"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One PNG: a row of axes, each (y label, metric names); ``ceiling`` draws a summary value."""
+
+    name: str
+    title: str
+    axes: tuple[tuple[str, tuple[str, ...]], ...]
+    ceiling: tuple[str, str] | None = None  # (summary.json key, y label of the axis to draw it on)
+
+
+PANELS = (
+    Panel("rewards", "Gold and proxy reward", (("reward", ("eval/gold_reward", "objective/scores")),)),
+    Panel("kl", "KL to the reference policy", (("KL (nats)", ("objective/kl",)),
+                                               ("KL coefficient β", ("objective/kl_coef",)))),
+    Panel("reward_model", "Reward model training",
+          (("loss", ("reward/loss",)), ("accuracy", ("reward/accuracy", "eval/rm_accuracy"))),
+          ceiling=("rm_label_ceiling", "accuracy")),
+    Panel("sft", "Pretraining / SFT loss", (("loss", ("pretrain/loss", "sft/loss")),)),
+)
+
+
+def _series(records: list[dict], key: str) -> dict[str, tuple[list[int], list[float]]]:
+    """{stage: (steps, values)} of one metric, in file order."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for rec in records:
+        value = rec.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or "step" not in rec:
+            continue
+        steps, values = out.setdefault(str(rec.get("stage", "?")), ([], []))
+        steps.append(rec["step"])
+        values.append(float(value))
+    return out
+
+
+def _plot_panel(panel: Panel, records: list[dict], summary: dict, plots_dir: pathlib.Path) -> str | None:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    axes_data = []
+    for ylabel, keys in panel.axes:
+        lines = [(key, stage, s) for key in keys for stage, s in _series(records, key).items()]
+        if lines:
+            axes_data.append((ylabel, lines))
+    if not axes_data:
+        return None
+    fig, axes = plt.subplots(1, len(axes_data), figsize=(5.5 * len(axes_data), 3.8), squeeze=False)
+    for ax, (ylabel, lines) in zip(axes[0], axes_data):
+        stages = sorted({stage for _, stage, _ in lines})
+        for key, stage, (steps, values) in lines:
+            label = key if len(stages) == 1 else f"{key} ({stage})"
+            ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=label)
+        if panel.ceiling and panel.ceiling[1] == ylabel:
+            ceiling = summary.get(panel.ceiling[0])
+            if isinstance(ceiling, (int, float)) and not isinstance(ceiling, bool) and math.isfinite(ceiling):
+                ax.axhline(ceiling, color="gray", linestyle="--", label=f"label ceiling ({ceiling:.4g})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(f"{' / '.join(stages)} step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(panel.title)
+    fig.tight_layout()
+    path = plots_dir / f"{panel.name}.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"plots/{panel.name}.png"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        text = f"{value:.4g}"
+    elif isinstance(value, (list, tuple)):
+        text = "[" + ", ".join(_fmt(v) for v in value) + "]"
+    elif value is None:
+        text = "—"
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(rows: list[tuple[str, Any]], header: tuple[str, str]) -> str:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| `{k}` | {_fmt(v)} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def _last_values(records: list[dict]) -> list[tuple[str, Any]]:
+    last: dict[str, Any] = {}
+    for rec in records:
+        stage = rec.get("stage", "?")
+        for k, v in rec.items():
+            if k not in ("stage", "step", "time"):
+                last[f"{stage}: {k}"] = v
+    return sorted(last.items())
+
+
+def _read_summary(path: pathlib.Path) -> dict:
+    if not path.exists():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        summary = json.load(f, parse_constant=float)
+    return summary if isinstance(summary, dict) else {"summary": summary}
+
+
+def write_report(run_dir: str | os.PathLike) -> pathlib.Path:
+    """Write ``run_dir/report.md`` and ``run_dir/plots/*.png``; returns the report's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    run_dir = pathlib.Path(run_dir)
+    records = read_metrics(run_dir)
+    summary = _read_summary(run_dir / "summary.json")
+    config_path = run_dir / "config.yaml"
+    plots_dir = run_dir / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+
+    parts = [f"# Run report: {run_dir.resolve().name}", ""]
+    parts += ["## Summary", ""]
+    flat = _flatten(summary)
+    parts += [_table(sorted(flat.items()), ("key", "value")) if flat else "_no summary.json_", ""]
+
+    parts += ["## Plots", ""]
+    n_plots = 0
+    for panel in PANELS:
+        rel = _plot_panel(panel, records, summary, plots_dir)
+        if rel is not None:
+            parts += [f"### {panel.title}", "", f"![{panel.title}]({rel})", ""]
+            n_plots += 1
+    if not n_plots:
+        parts += ["_no plottable metrics in metrics.jsonl_", ""]
+
+    if records:
+        stages = sorted({str(r.get("stage", "?")) for r in records})
+        parts += ["## Last logged values", "",
+                  f"{len(records)} metric lines; stages: {', '.join(stages)}.", "",
+                  _table(_last_values(records), ("stage: metric", "last value")), ""]
+
+    parts += ["## Config", ""]
+    if config_path.exists():
+        text = config_path.read_text(encoding="utf-8").rstrip("\n")
+        parts += ["```yaml", text, "```", ""]
+    else:
+        parts += ["_no config.yaml_", ""]
+
+    report = run_dir / "report.md"
+    report.write_text("\n".join(parts), encoding="utf-8")
+    return report
