@@ -147,7 +147,7 @@ def _from_hf(cfg: TransformerConfig, t: Mapping[str, np.ndarray]) -> dict[str, A
                 attn[f"{name}_kernel"] = t[p + f"self_attn.{name}_proj.weight"].T.reshape(D, heads, H)
                 if cfg.qkv_bias:
                     attn[f"{name}_bias"] = t[p + f"self_attn.{name}_proj.bias"].reshape(heads, H)
-            attn["o_kernel"] = t[p + "self_attn.o_proj.weight"].reshape(N, H, D)
+            attn["o_kernel"] = t[p + "self_attn.o_proj.weight"].T.reshape(N, H, D)
             if cfg.out_bias:
                 attn["o_bias"] = t[p + "self_attn.o_proj.bias"]
             mlp: dict[str, np.ndarray] = {}

@@ -9,18 +9,22 @@ import io
 import json
 import pickle
 import shutil
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 import torch
-from hf_fixtures import (ARCHS, batch, build_hf_model, edit_config, read_tensors, rewrite_tensors,
-                         torch_logits)
 from safetensors.numpy import save_file
 from transformers import AutoModelForCausalLM
 
-from rlhf_jax.hf import HFCheckpointError, load_pretrained, save_pretrained
-from rlhf_jax.models import get_preset, init_params, logits
+sys.path.insert(0, str(Path(__file__).parent))  # the helper module, under any pytest import mode
+from hf_fixtures import (ARCHS, batch, build_hf_model, edit_config, read_tensors,  # noqa: E402
+                         rewrite_tensors, torch_logits)
+
+from rlhf_jax.hf import HFCheckpointError, load_pretrained, save_pretrained  # noqa: E402
+from rlhf_jax.models import get_preset, init_params, logits  # noqa: E402
 
 ATOL = 1e-4
 
@@ -208,8 +212,7 @@ def test_bad_config(built, tmp_path):
     (path / "config.json").write_text("{not json")
     with pytest.raises(HFCheckpointError, match=r"config\.json"):
         load_pretrained(path)
-    edit_config_path = path / "config.json"
-    edit_config_path.write_text(json.dumps({"model_type": "llama", "vocab_size": 99}))
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 99}))
     with pytest.raises(HFCheckpointError, match=r"config\.json.*hidden_size"):
         load_pretrained(path)
 

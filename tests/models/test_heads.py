@@ -39,7 +39,9 @@ def test_reward_head_reads_last_non_pad_token_hand_values():
 
 def test_reward_head_on_model_is_padding_invariant():
     cfg = get_preset("tiny")
-    params = init_params(cfg, jax.random.PRNGKey(0))
+    shapes = jax.eval_shape(lambda r: init_params(cfg, r), jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda s: jnp.asarray(rng.normal(0, 0.02, s.shape), s.dtype), shapes)
     head = init_reward_head(jax.random.PRNGKey(1), cfg.d_model)
     seq = jax.random.randint(jax.random.PRNGKey(2), (6,), 1, cfg.vocab_size)
     ids = jnp.zeros((3, 9), jnp.int32)

@@ -24,10 +24,29 @@ PAD = [0, 3, 6]  # left padding per row; row 0 is unpadded
 ATOL = 1e-5
 
 
+def random_params(cfg, seed=0):
+    """Params with init_params' tree and shapes, filled by numpy (no XLA compile of the RNG).
+
+    Kernels ~ N(0, 0.02^2) like the init; norm scales ~ 1 + N(0, 0.1^2) and biases ~ N(0, 0.02^2)
+    (non-zero, so the bias and scale code paths are exercised).
+    """
+    shapes = jax.eval_shape(lambda r: init_params(cfg, r), jax.random.PRNGKey(0))
+    rng = np.random.default_rng(seed)
+
+    def fill(path, s):
+        name = jax.tree_util.keystr(path)
+        x = rng.normal(0.0, 0.02, s.shape)
+        if "scale" in name:
+            x = 1.0 + 5 * x
+        return jnp.asarray(x, s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def model(request):
     cfg = CONFIGS[request.param]
-    params = init_params(cfg, jax.random.PRNGKey(1))
+    params = random_params(cfg, seed=1)
     fwd = jax.jit(lambda p, ids, m: forward(cfg, p, ids, m))
     return cfg, params, fwd
 
