@@ -25,6 +25,7 @@ class RunCheckpoints:
     def _manager(self, stage: str) -> ocp.CheckpointManager:
         if stage not in self._managers:
             opts = ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True,
+                                                cleanup_tmp_directories=True,
                                                 enable_async_checkpointing=False)
             self._managers[stage] = ocp.CheckpointManager(os.path.join(self.root, stage), options=opts)
         return self._managers[stage]

@@ -115,6 +115,9 @@ PRESETS: dict[str, TransformerConfig] = {
     # A few-hundred-thousand-parameter model for tests and the CPU quickstart.
     "tiny": _gpt2(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, head_dim=16,
                   d_ff=256, max_len=128),
+    # A little wider and deeper (≈1M params with a 512 vocab): reward models of the built-in task.
+    "small": _gpt2(vocab_size=512, d_model=128, n_layers=4, n_heads=4, n_kv_heads=4, head_dim=32,
+                   d_ff=512, max_len=128),
     "tiny-llama": _llama(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                          head_dim=16, d_ff=192, max_len=128),
     "tiny-qwen2": _llama(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -145,13 +148,14 @@ def get_preset(name: str, **overrides) -> TransformerConfig:
 def _rope_theta(hf: dict[str, Any], default: float) -> float:
     # transformers v5 keeps the RoPE base under `rope_parameters`; v4 at the top level.
     rp = hf.get("rope_parameters") or {}
+    rs = hf.get("rope_scaling") or {}
+    for where, d in (("rope_parameters", rp), ("rope_scaling", rs)):
+        if isinstance(d, dict) and d.get("rope_type", d.get("type", "default")) not in ("default", None):
+            raise ValueError(f"unsupported RoPE scaling {where}={d!r} (only plain RoPE is implemented)")
     if isinstance(rp, dict) and "rope_theta" in rp:
         return float(rp["rope_theta"])
     if "rope_theta" in hf:
         return float(hf["rope_theta"])
-    rs = hf.get("rope_scaling") or {}
-    if isinstance(rs, dict) and rs.get("rope_type", "default") not in ("default", None):
-        raise ValueError(f"unsupported rope scaling {rs!r}")
     return default
 
 
@@ -168,6 +172,10 @@ def from_hf_config(hf: dict[str, Any], dtype: str = "float32") -> TransformerCon
         act = hf.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
             raise ValueError(f"unsupported GPT-2 activation_function {act!r}")
+        if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False \
+                or hf.get("reorder_and_upcast_attn"):
+            raise ValueError("unsupported GPT-2 attention scaling flags (scale_attn_by_inverse_layer_idx, "
+                             "scale_attn_weights=false, reorder_and_upcast_attn)")
         d = hf["n_embd"]
         n_heads = hf["n_head"]
         return TransformerConfig(
@@ -186,6 +194,8 @@ def from_hf_config(hf: dict[str, Any], dtype: str = "float32") -> TransformerCon
         n_heads = hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or d // n_heads
         is_qwen = model_type == "qwen2"
+        if hf.get("use_sliding_window"):
+            raise ValueError(f"unsupported {model_type} use_sliding_window=true (no sliding-window attention)")
         return TransformerConfig(
             vocab_size=hf["vocab_size"], d_model=d, n_layers=hf["num_hidden_layers"],
             n_heads=n_heads, n_kv_heads=hf.get("num_key_value_heads") or n_heads, head_dim=head_dim,

@@ -88,6 +88,8 @@ class Pipeline:
             if diff:
                 raise ConfigError(f"{self.run_dir} holds a run with a different config (differs at "
                                   f"{', '.join(diff[:5])}); use another run.out_dir or delete it")
+        if cfg.run.reuse_from and not os.path.exists(cfg_path):
+            _reuse_stages(cfg.run.reuse_from, self.run_dir, resolved)
         dump_config(cfg, cfg_path)
         self.ckpt = RunCheckpoints(self.run_dir)
         resume = any(self.ckpt.latest_step(s) is not None for s in ("pretrain", "sft", "reward", "ppo"))
@@ -185,11 +187,11 @@ class Pipeline:
             backbone = sft_params
         self.rm_cfg = rm_cfg
         params = init_reward_model(rm_cfg, _copy_tree(backbone), jax.random.fold_in(self.key, 4))
-        tx = make_optimizer(rc.lr, warmup=10, total_steps=None)
-        step_fn = make_train_step(make_rm_loss(rm_cfg), tx)
         hp = {"margin": jnp.float32(rc.margin), "center_coef": jnp.float32(rc.center_coef)}
         bs = min(rc.batch_size, len(train["input_ids"]))
         steps = rc.epochs * (len(train["input_ids"]) // bs)
+        tx = make_optimizer(rc.lr, warmup=10, total_steps=steps)
+        step_fn = make_train_step(make_rm_loss(rm_cfg), tx)
         _log(f"step 2: training the reward model on {len(train['input_ids'])} comparisons "
              f"({steps} steps), {n_eval} held out")
         t0 = time.time()
@@ -376,6 +378,36 @@ def _diff_keys(a, b, ignore=(), prefix="") -> list[str]:
             out += _diff_keys(a.get(k), b.get(k), ignore, key + ".")
         return out
     return [] if a == b else [prefix.rstrip(".")]
+
+
+_REUSED = ("tokenizer", "reward_data.npz", "reward_model.json", "eval_initial.json",
+           "checkpoints/pretrain", "checkpoints/sft", "checkpoints/reward")
+
+
+def _reuse_stages(src: str, dst: str, resolved: dict) -> None:
+    """Copy the finished pre-PPO artifacts of run ``src`` into the new run ``dst``."""
+    import shutil
+
+    import yaml
+
+    src_cfg = os.path.join(src, "config.yaml")
+    if not os.path.exists(src_cfg):
+        raise FileNotFoundError(f"run.reuse_from: no run at {src} (no config.yaml)")
+    with open(src_cfg) as f:
+        old = yaml.safe_load(f) or {}
+    diff = [k for k in _diff_keys(old, resolved) if not k.startswith(("ppo.", "run."))]
+    if diff:
+        raise ConfigError(f"run.reuse_from: {src} was made with a different config before PPO "
+                          f"(differs at {', '.join(diff[:5])})")
+    if not os.path.exists(os.path.join(src, "reward_model.json")):
+        raise ConfigError(f"run.reuse_from: {src} has not finished its reward model yet")
+    for name in _REUSED:
+        a, b = os.path.join(src, name), os.path.join(dst, name)
+        if os.path.isdir(a):
+            shutil.copytree(a, b, dirs_exist_ok=True)
+        elif os.path.exists(a):
+            os.makedirs(os.path.dirname(b), exist_ok=True)
+            shutil.copy2(a, b)
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict:

@@ -128,6 +128,9 @@ class RunConfig:
     seed: int = 0
     checkpoint_every: int = _r(10, 1)    # PPO iterations (pretrain/RM: every 10x that many steps)
     progress: bool = True
+    # Start from another run's finished steps 1–2 (tokenizer, LM, reward model, initial eval): PPO
+    # variants compared on one reward model. Its config must agree on everything before PPO.
+    reuse_from: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)

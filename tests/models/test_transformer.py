@@ -149,7 +149,7 @@ def test_bfloat16_compute_runs_and_stays_close(model):
     a, r = np.asarray(lg)[real], np.asarray(ref)[real]
     assert np.isfinite(a).all()
     scale = np.abs(r).max()
-    assert np.abs(a - r).max() <= 0.05 * scale + 1e-3, (np.abs(a - r).max(), scale)
+    assert np.abs(a - r).max() <= 0.02 * scale + 1e-3, (np.abs(a - r).max(), scale)
     # Rank agreement of the top token on most positions.
     assert (a.argmax(-1) == r.argmax(-1)).mean() >= 0.8
     if cfg.family == "gpt2":  # bfloat16 params as well (one config is enough)
@@ -157,4 +157,4 @@ def test_bfloat16_compute_runs_and_stays_close(model):
         p2 = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), params)
         lg2 = jax.jit(lambda p, i, m: logits(b2, p, i, m))(p2, ids, mask)
         assert lg2.dtype == jnp.float32
-        assert np.abs(np.asarray(lg2)[real] - r).max() <= 0.05 * scale + 1e-3
+        assert np.abs(np.asarray(lg2)[real] - r).max() <= 0.03 * scale + 1e-3

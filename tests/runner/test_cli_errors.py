@@ -1,0 +1,67 @@
+"""Bad input to the CLI: one clear line naming the culprit, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICKSTART = os.path.join(ROOT, "experiments", "quickstart.yaml")
+
+
+def _run(*args, cwd=ROOT):
+    env = dict(os.environ, RLHF_JAX_NO_PROGRESS="1")
+    return subprocess.run([sys.executable, "-m", "rlhf_jax", "run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+def test_typo_in_config_file(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model:\n  preset: tiny\nppo:\n  iteratons: 3\n")
+    line = _one_line_error(_run(str(cfg)))
+    assert "bad.yaml:4" in line and "ppo.iteratons" in line and "did you mean 'ppo.iterations'" in line
+
+
+def test_typo_in_override():
+    line = _one_line_error(_run(QUICKSTART, "ppo.lrr=1e-4"))
+    assert "ppo.lrr" in line and "did you mean 'ppo.lr'" in line
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("ppo.lr=-1", "ppo.lr"),
+    ("ppo.epochs=two", "ppo.epochs"),
+    ("ppo.kl.controller=adaptiv", "ppo.kl.controller"),
+    ("reward.k=1", "reward.k"),
+])
+def test_bad_value(override, needle):
+    line = _one_line_error(_run(QUICKSTART, override))
+    assert needle in line
+
+
+def test_missing_config_file(tmp_path):
+    line = _one_line_error(_run(str(tmp_path / "nope.yaml")))
+    assert "nope.yaml" in line
+
+
+def test_missing_data_file(tmp_path):
+    line = _one_line_error(_run(QUICKSTART, f"run.out_dir={tmp_path / 'r'}",
+                                f"data.preferences={tmp_path / 'missing.jsonl'}"))
+    assert "data.preferences" in line and "missing.jsonl" in line
+
+
+def test_unknown_task_and_preset(tmp_path):
+    line = _one_line_error(_run(QUICKSTART, f"run.out_dir={tmp_path / 'r'}", "task.name=sentiment_review"))
+    assert "task.name" in line and "sentiment_reviews" in line
+    line = _one_line_error(_run(QUICKSTART, f"run.out_dir={tmp_path / 'r2'}", "model.preset=tinyy"))
+    assert "model.preset" in line and "tiny" in line

@@ -1,0 +1,121 @@
+"""End-to-end: the quickstart pipeline learns, the KL penalty works, a killed run resumes bitwise.
+
+One full run of ``experiments/quickstart.yaml`` (module fixture) is shared: the beta = 0 run and
+the kill/resume run reuse its steps 1–2 (``run.reuse_from``) so only PPO is repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from rlhf_jax.checkpoint.orbax import RunCheckpoints
+from rlhf_jax.runner.config_loader import load_config
+from rlhf_jax.runner.pipeline import Pipeline
+from rlhf_jax.runner.schema import ExperimentConfig
+
+pytestmark = pytest.mark.slow
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICKSTART = os.path.join(ROOT, "experiments", "quickstart.yaml")
+TIME_KEYS = ("wall_time_s", "ppo_iteration_time_s", "stage_time_s")
+
+
+def _cfg(out_dir, *overrides):
+    return load_config(ExperimentConfig, QUICKSTART, [f"run.out_dir={out_dir}", "run.progress=false",
+                                                      *overrides])
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("quickstart"))
+    summary = Pipeline(_cfg(out)).run()
+    return out, summary
+
+
+def test_reward_model_near_label_ceiling(base_run):
+    _, s = base_run
+    assert s["rm_eval_accuracy"] >= s["rm_label_ceiling"] - 0.05, s
+
+
+def test_ppo_learns_half_of_best_of_16(base_run):
+    _, s = base_run
+    target = s["gold_reward_initial"] + 0.5 * (s["gold_reward_best_of_16"] - s["gold_reward_initial"])
+    assert s["gold_reward_best_of_16"] > s["gold_reward_initial"] + 0.3, s
+    assert s["gold_reward_final"] >= target, s
+
+
+def test_run_dir_contents(base_run):
+    out, s = base_run
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.md"):
+        assert os.path.exists(os.path.join(out, name)), name
+    for key in ("gold_reward_initial", "gold_reward_final", "gold_reward_best_of_16",
+                "kl_to_reference_final", "rm_eval_accuracy", "rm_label_ceiling", "wall_time_s"):
+        assert np.isfinite(s[key]), key
+    report = open(os.path.join(out, "report.md")).read()
+    assert "plots/" in report
+    stages = {json.loads(line)["stage"] for line in open(os.path.join(out, "metrics.jsonl"))}
+    assert {"pretrain", "reward", "ppo", "eval"} <= stages
+
+
+def test_kl_penalty_limits_drift(base_run, tmp_path):
+    out, s = base_run
+    free = Pipeline(_cfg(str(tmp_path / "beta0"), f"run.reuse_from={out}", "ppo.kl.beta=0",
+                         "ppo.kl.controller=fixed")).run()
+    assert free["kl_coef_final"] == 0.0
+    assert free["kl_to_reference_final"] > 1.5 * s["kl_to_reference_final"], (free, s)
+
+
+def _final_ppo_params(run_dir):
+    ck = RunCheckpoints(run_dir)
+    path = os.path.join(ck.root, "ppo", str(ck.latest_step("ppo")))
+    import orbax.checkpoint as ocp
+
+    restored = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
+    ck.close()
+    return restored
+
+
+def test_killed_run_resumes_bitwise(base_run, tmp_path):
+    out, s = base_run
+    run_dir = str(tmp_path / "resumed")
+    cmd = [sys.executable, "-m", "rlhf_jax", "run", QUICKSTART, f"run.out_dir={run_dir}",
+           f"run.reuse_from={out}", "run.progress=false"]
+    env = dict(os.environ, RLHF_JAX_NO_PROGRESS="1")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ckpt_dir = os.path.join(run_dir, "checkpoints", "ppo")
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+        if steps and max(steps) >= 10:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not os.path.exists(os.path.join(run_dir, "summary.json"))
+
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stderr
+    resumed = json.load(open(os.path.join(run_dir, "summary.json")))
+    for key, value in s.items():
+        if key not in TIME_KEYS:
+            assert resumed[key] == value, key
+    a, b = _final_ppo_params(out), _final_ppo_params(run_dir)
+    leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    # metrics.jsonl holds each PPO step once
+    steps = [json.loads(line)["step"] for line in open(os.path.join(run_dir, "metrics.jsonl"))
+             if json.loads(line)["stage"] == "ppo"]
+    assert steps == sorted(set(steps))
