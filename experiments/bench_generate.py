@@ -45,14 +45,20 @@ def parse_args(argv=None):
     return args
 
 
-def best_time(fn, repeats):
-    fn()  # warm-up (compiles on our side)
-    times = []
+def best_times(fns: dict, repeats: int) -> dict:
+    """Best wall time of each callable over ``repeats`` rounds, after one warm-up call each.
+
+    Rounds interleave the callables, so a burst of load on a shared machine hits all of them alike.
+    """
+    for fn in fns.values():
+        fn()  # warm-up (compiles on our side)
+    best = {k: float("inf") for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
 
 
 def build_models(size, max_pos, tmp):
@@ -96,14 +102,16 @@ def bench_size(size, args):
                                   min_new_tokens=n, do_sample=False, eos_token_id=None,
                                   pad_token_id=0)
 
-    t_ours = best_time(lambda: ours(N), args.repeats)
-    t_one = best_time(lambda: ours(1), args.repeats)
-    t_two = best_time(lambda: ours(2 * N), args.repeats)
+    fns = {"ours": lambda: ours(N), "one": lambda: ours(1), "two": lambda: ours(2 * N)}
+    if not args.skip_torch:
+        fns["torch"] = lambda: theirs(N)
+    t = best_times(fns, args.repeats)
+    t_ours, t_one, t_two = t["ours"], t["one"], t["two"]
     ratio_2x = (t_two - t_one) / max(t_ours - t_one, 1e-9)
     ours_tps = B * N / t_ours
     line = f"[{size}] B={B} P={P} N={N} ours: {ours_tps:,.0f} tok/s ({t_ours * 1e3:.1f} ms)"
     if not args.skip_torch:
-        t_torch = best_time(lambda: theirs(N), args.repeats)
+        t_torch = t["torch"]
         torch_tps = B * N / t_torch
         ref = theirs(N).numpy()[:, P:]
         agree = float((np.asarray(ours(N).tokens) == ref).mean())

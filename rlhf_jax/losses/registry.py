@@ -55,6 +55,11 @@ class Registry(Generic[T]):
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise KeyError(f"unknown {self.kind} '{name}'{hint} (known: {', '.join(known) or 'none'})")
 
+    __getitem__ = get
+
+    def __iter__(self):
+        return iter(self.names())
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._items)

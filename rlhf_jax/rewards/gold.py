@@ -21,38 +21,20 @@ a pure function of the string), so re-scoring the same responses in evaluations 
 
 from __future__ import annotations
 
-import difflib
 import functools
 from typing import Callable, Sequence
 
 import numpy as np
 
+from rlhf_jax.losses.registry import Registry
+
 GoldFn = Callable[[Sequence[str], Sequence[str]], np.ndarray]
 
-GOLD_REWARDS: dict[str, GoldFn] = {}
+GOLD_REWARDS: Registry[GoldFn] = Registry("gold reward")
+register_gold = GOLD_REWARDS.register   # decorator: fn(prompts, responses) -> float32 [N]
+get_gold = GOLD_REWARDS.get             # KeyError with a did-you-mean hint for unknown names
 
 _ANALYZER = None
-
-
-def register_gold(name: str) -> Callable[[GoldFn], GoldFn]:
-    """Decorator: register ``fn(prompts, responses) -> float32 [N]`` under ``name``."""
-
-    def deco(fn: GoldFn) -> GoldFn:
-        if name in GOLD_REWARDS and GOLD_REWARDS[name] is not fn:
-            raise ValueError(f"gold reward {name!r} is already registered")
-        GOLD_REWARDS[name] = fn
-        return fn
-
-    return deco
-
-
-def get_gold(name: str) -> GoldFn:
-    """The gold reward registered as ``name``; KeyError with a did-you-mean hint otherwise."""
-    if name not in GOLD_REWARDS:
-        hint = difflib.get_close_matches(name, GOLD_REWARDS, n=1)
-        raise KeyError(f"unknown gold reward {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                       + f" (known: {', '.join(sorted(GOLD_REWARDS))})")
-    return GOLD_REWARDS[name]
 
 
 def vader_analyzer():

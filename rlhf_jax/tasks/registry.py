@@ -16,11 +16,11 @@ A :class:`Task` bundles everything the offline RLHF pipeline needs that is not a
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Callable, Sequence
 
 import numpy as np
 
+from rlhf_jax.losses.registry import Registry
 from rlhf_jax.rewards.gold import get_gold
 from rlhf_jax.tasks import sentiment
 
@@ -60,25 +60,14 @@ class Task:
         return get_gold(self.gold_name)(prompts, responses)
 
 
-TASKS: dict[str, Task] = {}
+TASKS: Registry[Task] = Registry("task")
+get_task = TASKS.get  # KeyError with a did-you-mean hint for unknown names
 
 
 def register_task(task: Task) -> Task:
     """Add ``task`` to :data:`TASKS` under ``task.name`` (a second, different task of that name is
     an error)."""
-    if task.name in TASKS and TASKS[task.name] is not task:
-        raise ValueError(f"task {task.name!r} is already registered")
-    TASKS[task.name] = task
-    return task
-
-
-def get_task(name: str) -> Task:
-    """The task registered as ``name``; KeyError with a did-you-mean hint otherwise."""
-    if name not in TASKS:
-        hint = difflib.get_close_matches(name, TASKS, n=1)
-        raise KeyError(f"unknown task {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                       + f" (known: {', '.join(sorted(TASKS))})")
-    return TASKS[name]
+    return TASKS.register(task.name)(task)
 
 
 SENTIMENT_REVIEWS = register_task(Task(
