@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from rlhf_jax.algorithms.reward_model import rm_scores
 from rlhf_jax.losses.advantages import gae
-from rlhf_jax.losses.common import masked_mean, masked_whiten, token_logprobs
+from rlhf_jax.losses.common import explained_variance, masked_mean, masked_whiten, token_logprobs
 from rlhf_jax.losses.ppo import kl_penalized_rewards
 from rlhf_jax.models import forward, token_scalars
 from rlhf_jax.sampling import generate
@@ -105,6 +105,7 @@ def make_rollout(*, cfg, critic_cfg, rm_cfg, max_new_tokens: int, eos_id: int, p
             "objective/entropy": (-logp).sum(-1).mean(),
             "objective/kl_coef": beta,
             "val/value_mean": masked_mean(values, maskf),
+            "val/vf_explained_var": explained_variance(values, returns, maskf),
             "response/length": lengths.mean(),
             "response/eos_rate": has_eos.mean(),
         }

@@ -119,3 +119,20 @@ def test_killed_run_resumes_bitwise(base_run, tmp_path):
     steps = [json.loads(line)["step"] for line in open(os.path.join(run_dir, "metrics.jsonl"))
              if json.loads(line)["stage"] == "ppo"]
     assert steps == sorted(set(steps))
+
+
+def test_ppo_ptx_and_shared_critic_run(base_run, tmp_path):
+    """PPO-ptx (pretraining loss mixed in) with a value head on the policy backbone."""
+    out, _ = base_run
+    run_dir = str(tmp_path / "ptx")
+    s = Pipeline(_cfg(run_dir, f"run.reuse_from={out}", "ppo.iterations=4", "ppo.ptx_coef=0.5",
+                      "ppo.critic=shared", "ppo.eval_every=2", "run.checkpoint_every=2")).run()
+    rows = [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl"))]
+    ppo = [r for r in rows if r["stage"] == "ppo"]
+    assert len(ppo) == 4
+    for r in ppo:
+        for key in ("loss/ptx", "val/vf_explained_var", "policy/approxkl", "policy/clipfrac",
+                    "val/clipfrac", "objective/kl", "objective/entropy", "objective/rlhf_reward",
+                    "response/eos_rate", "objective/kl_coef"):
+            assert np.isfinite(r[key]), key
+    assert np.isfinite(s["kl_to_reference_final"])
