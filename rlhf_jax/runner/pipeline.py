@@ -250,13 +250,13 @@ class Pipeline:
         if B % pc.minibatches:
             raise ConfigError(f"ppo.batch_size ({B}) must be a multiple of ppo.minibatches ({pc.minibatches})")
         ref_params = _copy_tree(sft_params)
-        head = init_value_head(jax.random.fold_in(self.key, 6), self.rm_cfg.d_model)
-        if pc.critic == "shared":
+        if pc.critic == "shared":  # value head on the policy's hidden states
             critic_cfg = self.model_cfg
-            critic = {"head": init_value_head(jax.random.fold_in(self.key, 6), self.model_cfg.d_model)}
-        else:
+            critic = {}
+        else:  # separate critic initialised from the reward model (RLHF_NOTES)
             critic_cfg = self.rm_cfg
-            critic = {"backbone": rm_params["backbone"], "head": head}
+            critic = {"backbone": rm_params["backbone"]}
+        critic["head"] = init_value_head(jax.random.fold_in(self.key, 6), critic_cfg.d_model)
         tx = make_optimizer(pc.lr)
         train = create_state(_copy_tree({"policy": sft_params, "critic": critic}), tx)
         state = PPOState(train=train, kl=init_kl_state(pc.kl.beta), rng=jax.random.fold_in(self.key, 7),
@@ -346,7 +346,6 @@ class Pipeline:
             summary["gold_reward_final"] = float(final["gold"].mean())
         summary["kl_to_reference_final"] = float(final["kl"].mean())
         summary["kl_coef_final"] = float(state.kl.beta)
-        summary["eos_rate_final"] = float(final["samples"]["mask"].sum(1).mean())
         summary["response_length_final"] = float(final["samples"]["mask"].sum(1).mean())
         summary["eos_rate_final"] = float(np.mean(np.any(
             (final["samples"]["tokens"] == self.tok.eos_id) & (final["samples"]["mask"] > 0), axis=1)))
