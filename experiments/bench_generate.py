@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 SIZES = {  # GPT2Config kwargs
     "tiny": dict(n_layer=2, n_embd=64, n_head=4, vocab_size=512),

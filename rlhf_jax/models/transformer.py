@@ -75,7 +75,10 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, key_mask, q_offset, layer_cache):
-        """x [B,T,D]; key_mask [B,S]; q_offset: index of x's first position among the S keys."""
+        """x [B,T,D]; key_mask [B,S]; q_offset: index of x's first position among the S keys.
+
+        With a cache, only its first S = key_mask.shape[1] slots are attended to (a static window
+        the sampler can keep short while the cache is still mostly empty)."""
         cfg = self.cfg
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         pdt, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
@@ -95,25 +98,28 @@ class Attention(nn.Module):
             q = rope(q, positions, cfg.rope_theta)
             k = rope(k, positions, cfg.rope_theta)
 
+        # Keys/values live as [B, K, S, H] (the cache layout) so decoding never transposes the cache.
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         new_cache = None
         if layer_cache is not None:
-            idx = (0, q_offset, 0, 0)
+            idx = (0, 0, q_offset, 0)
             k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), idx)
             v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), idx)
             new_cache = {"k": k, "v": v}
-            k, v = k.astype(dt), v.astype(dt)
+            S = key_mask.shape[1]
+            k, v = k[:, :, :S].astype(dt), v[:, :, :S].astype(dt)
 
         B, T = x.shape[:2]
-        S = k.shape[1]
+        S = k.shape[2]
         G = N // K
         qg = q.reshape(B, T, K, G, H)
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", qg, k).astype(jnp.float32) / jnp.sqrt(H).astype(jnp.float32)
+        scores = jnp.einsum("BTKGH,BKSH->BKGTS", qg, k).astype(jnp.float32) / jnp.sqrt(H).astype(jnp.float32)
         q_pos = q_offset + jnp.arange(T)
         causal = jnp.arange(S)[None, :] <= q_pos[:, None]  # [T, S]
         allowed = causal[None, :, :] & (key_mask[:, None, :] > 0)  # [B, T, S]
         scores = jnp.where(allowed[:, None, None], scores, _NEG)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+        out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v).reshape(B, T, N, H)
         wo = _param(self, "o_kernel", init, (N, H, D), ("heads", "head_dim", "embed"), pdt)
         y = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
         if cfg.out_bias:
@@ -164,12 +170,17 @@ def positions_from_mask(mask: Array) -> Array:
 
 
 class Transformer(nn.Module):
-    """Decoder LM. ``__call__`` returns ``(logits f32 [B,T,V], hidden [B,T,D], new_cache)``."""
+    """Decoder LM. ``__call__`` returns ``(logits f32 [B,T,V], hidden [B,T,D], new_cache)``.
+
+    ``last_only``: logits of the last position only (``[B, 1, V]``; prefill needs no more).
+    ``kv_len`` (static): with a cache, attend to its first ``kv_len`` slots only; the caller
+    guarantees every filled slot lies below it.
+    """
 
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, cache=None):
+    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=False, kv_len=None):
         cfg = self.cfg
         B, T = input_ids.shape
         if attention_mask is None:
@@ -192,19 +203,21 @@ class Transformer(nn.Module):
                                (cfg.max_len, cfg.d_model), (None, "embed"), cfg.jnp_param_dtype)
             x = x + pos_table.astype(cfg.jnp_dtype)[positions]
 
+        att_mask = key_mask if kv_len is None or cache is None else key_mask[:, :kv_len]
         new_layers = {}
         for i in range(cfg.n_layers):
             layer_cache = None if cache is None else cache["layers"][f"layer_{i}"]
-            x, lc = Block(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
+            x, lc = Block(cfg, name=f"layer_{i}")(x, positions, att_mask, q_offset, layer_cache)
             new_layers[f"layer_{i}"] = lc
         hidden = Norm(cfg, name="final_norm")(x)
+        out_hidden = hidden[:, -1:] if last_only else hidden
 
         if cfg.tie_embeddings:
-            logits = jnp.einsum("BTD,VD->BTV", hidden, embed.astype(cfg.jnp_dtype))
+            logits = jnp.einsum("BTD,VD->BTV", out_hidden, embed.astype(cfg.jnp_dtype))
         else:
             head = _param(self, "lm_head", nn.initializers.normal(0.02), (cfg.d_model, cfg.vocab_size),
                           ("embed", "vocab"), cfg.jnp_param_dtype)
-            logits = jnp.einsum("BTD,DV->BTV", hidden, head.astype(cfg.jnp_dtype))
+            logits = jnp.einsum("BTD,DV->BTV", out_hidden, head.astype(cfg.jnp_dtype))
 
         new_cache = None
         if cache is not None:
@@ -225,9 +238,10 @@ def param_logical_axes(cfg: TransformerConfig):
     return nn.get_partition_spec(boxed)
 
 
-def forward(cfg: TransformerConfig, params, input_ids, attention_mask=None, cache=None):
+def forward(cfg: TransformerConfig, params, input_ids, attention_mask=None, cache=None, *,
+            last_only: bool = False, kv_len: int | None = None):
     """``(logits f32 [B,T,V], hidden [B,T,D], new_cache)``; pure, jit it with cfg static."""
-    return Transformer(cfg).apply(params, input_ids, attention_mask, cache)
+    return Transformer(cfg).apply(params, input_ids, attention_mask, cache, last_only, kv_len)
 
 
 def logits(cfg: TransformerConfig, params, input_ids, attention_mask=None) -> Array:

@@ -41,7 +41,7 @@ def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos
     lp_temperature = jnp.float32(1.0) if is_greedy else temperature
 
     cache = init_cache(cfg, B, P + N)
-    logits, _, cache = forward(cfg, params, prompt_ids, prompt_mask, cache)
+    logits, _, cache = forward(cfg, params, prompt_ids, prompt_mask, cache, last_only=True)
     last = logits[:, -1]
 
     def cond(state):
