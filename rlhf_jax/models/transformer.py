@@ -86,7 +86,8 @@ class Attention(nn.Module):
 
         def proj(name, heads, axes):
             w = _param(self, f"{name}_kernel", init, (D, heads, H), ("embed",) + axes, pdt)
-            y = jnp.einsum("BTD,DNH->BTNH", x, w.astype(dt))
+            # One plain [D, N·H] matmul (a free reshape): no weight relayout per decode step.
+            y = (x @ w.reshape(D, heads * H).astype(dt)).reshape(*x.shape[:2], heads, H)
             if cfg.qkv_bias:
                 y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (heads, H), axes, pdt).astype(dt)
             return y
@@ -121,7 +122,7 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v).reshape(B, T, N, H)
         wo = _param(self, "o_kernel", init, (N, H, D), ("heads", "head_dim", "embed"), pdt)
-        y = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(dt))
+        y = out.reshape(B, T, N * H) @ wo.reshape(N * H, D).astype(dt)
         if cfg.out_bias:
             y = y + _param(self, "o_bias", nn.initializers.zeros, (D,), ("embed",), pdt).astype(dt)
         return y, new_cache
