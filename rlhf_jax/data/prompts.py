@@ -97,6 +97,16 @@ _PROMPT_KINDS: dict[str, tuple[Callable[[set], bool], Callable[[Where, dict, Ren
 }
 
 
+def _detect_parser(where: Where, rec: dict, kinds: dict, message: str):
+    """The parser of the first kind whose key check accepts ``rec`` (format detected from the
+    first record); a DataError at ``where`` with ``message`` (``{keys}`` filled in) otherwise."""
+    keys = set(rec)
+    for check, fn in kinds.values():
+        if check(keys):
+            return fn
+    raise where.error(message.format(keys=sorted(rec)))
+
+
 def load_prompts(
     path: str | os.PathLike, field: str | None = None, *, render: Render | None = None
 ):
@@ -115,17 +125,10 @@ def load_prompts(
     prompts: list[str] = []
     for where, rec in read_records(file):
         if parse is None:
-            keys = set(rec)
-            for check, fn in _PROMPT_KINDS.values():
-                if check(keys):
-                    parse = fn
-                    break
-            else:
-                raise where.error(
-                    f"cannot find a prompt in a record with keys {sorted(rec)}; expected one of "
-                    "'prompt', 'query', 'info' (TL;DR), 'post', 'messages', or 'chosen'/'rejected' "
-                    "(HH), or pass field="
-                )
+            parse = _detect_parser(where, rec, _PROMPT_KINDS, (
+                "cannot find a prompt in a record with keys {keys}; expected one of "
+                "'prompt', 'query', 'info' (TL;DR), 'post', 'messages', or 'chosen'/'rejected' "
+                "(HH), or pass field="))
         prompts.append(parse(where, rec, render))
     if not prompts:
         raise DataError("no records", file=file)
@@ -181,16 +184,9 @@ def load_sft(path: str | os.PathLike, *, render: Render | None = None):
     cols: dict[str, list[str]] = {"prompt": [], "completion": []}
     for where, rec in read_records(file):
         if parse is None:
-            keys = set(rec)
-            for check, fn in _SFT_KINDS.values():
-                if check(keys):
-                    parse = fn
-                    break
-            else:
-                raise where.error(
-                    f"cannot detect the SFT format from keys {sorted(rec)}; expected "
-                    "'prompt'/'completion', 'messages', 'post'/'summary' (TL;DR) or 'text'"
-                )
+            parse = _detect_parser(where, rec, _SFT_KINDS, (
+                "cannot detect the SFT format from keys {keys}; expected "
+                "'prompt'/'completion', 'messages', 'post'/'summary' (TL;DR) or 'text'"))
         prompt, completion = parse(where, rec, render)
         cols["prompt"].append(prompt)
         cols["completion"].append(completion)
