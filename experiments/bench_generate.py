@@ -48,13 +48,19 @@ def parse_args(argv=None):
     return args
 
 
-def best_times(fns: dict, repeats: int) -> dict:
+def best_times(fns: dict, repeats: int, min_seconds: float = 2.0) -> dict:
     """Best wall time of each callable over ``repeats`` rounds, after one warm-up call each.
 
     Rounds interleave the callables, so a burst of load on a shared machine hits all of them alike.
+    Fast callables (the tiny config) get more rounds, up to ``min_seconds`` of timing in all.
     """
+    warm = 0.0
     for fn in fns.values():
         fn()  # warm-up (compiles on our side)
+        t0 = time.perf_counter()
+        fn()
+        warm += time.perf_counter() - t0
+    repeats = max(repeats, min(50, int(min_seconds / max(warm, 1e-6))))
     best = {k: float("inf") for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():

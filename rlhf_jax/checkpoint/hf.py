@@ -12,16 +12,19 @@ Layout mapping (HF tensor -> ours; ``N`` query heads, ``K`` kv heads, ``H`` head
     GPT-2 (Conv1D weights are stored [in, out]; keys may lack the ``transformer.`` prefix)
       wte.weight [V,D] -> embedding            wpe.weight [L,D] -> pos_embedding
       h.i.ln_1 / ln_2 / ln_f {weight,bias} -> layer_i/attn_norm, layer_i/mlp_norm, final_norm
-      h.i.attn.c_attn.weight [D,3D] -> split into q|k|v, each [D,N*H] -> {q,k,v}_kernel [D,N,H]
-      h.i.attn.c_proj.weight [N*H,D] -> o_kernel [N,H,D]
-      h.i.mlp.c_fc.weight [D,F] -> up_kernel   h.i.mlp.c_proj.weight [F,D] -> down_kernel
-    Llama / Qwen2 (torch Linear weights are stored [out, in])
+      h.i.attn.c_attn.weight [D,3D] -> split into q|k|v, each [D,N*H], transposed -> qkv_kernel
+      h.i.attn.c_proj.weight [N*H,D] -> o_kernel = W.T.reshape(D,N,H)
+      h.i.mlp.c_fc.weight [D,F] -> up_kernel = W.T   h.i.mlp.c_proj.weight [F,D] -> down_kernel = W.T
+    Llama / Qwen2 (torch Linear weights are stored [out, in], as ours are: no transposes)
       model.embed_tokens.weight -> embedding   model.norm.weight -> final_norm/scale
-      self_attn.q_proj.weight [N*H,D] -> q_kernel = W.T.reshape(D,N,H)   (k, v: K*H rows, GQA)
-      self_attn.o_proj.weight [D,N*H] -> o_kernel = W.T.reshape(N,H,D)
-      mlp.{gate,up}_proj.weight [F,D] -> {gate,up}_kernel = W.T;  down_proj [D,F] -> down_kernel
+      self_attn.{q,k,v}_proj.weight [N*H|K*H, D] -> qkv_kernel   (GQA: K <= N kv heads)
+      self_attn.o_proj.weight [D,N*H] -> o_kernel = W.reshape(D,N,H)
+      mlp.{gate,up,down}_proj.weight -> {gate,up,down}_kernel
       input_layernorm / post_attention_layernorm -> attn_norm / mlp_norm
-    lm_head.weight [V,D] -> lm_head [D,V] (untied only; a copy of the embedding is ignored when tied)
+    lm_head.weight [V,D] -> lm_head (untied only; a copy of the embedding is ignored when tied)
+
+``qkv_kernel [K, G+2, H, D]`` groups each KV head's G = N/K query heads with its key and value
+(``_fuse_qkv`` / ``_split_qkv``); the q/k/v biases are fused the same way.
 
 RoPE checkpoints in HF format already use the "rotate_half" layout our ``rope`` implements, so no
 permutation of q/k rows is needed.
@@ -110,6 +113,22 @@ def _canonical_key(family: str, key: str) -> str:
 
 # ----------------------------------------------------------------------------- layout conversion
 
+def _fuse_qkv(q: np.ndarray, k: np.ndarray, v: np.ndarray, cfg: TransformerConfig) -> np.ndarray:
+    """q ``[N*H, ...]``, k and v ``[K*H, ...]`` (output-major) -> ``[K, G+2, H, ...]``."""
+    K, H = cfg.n_kv_heads, cfg.head_dim
+    G, rest = cfg.n_heads // K, q.shape[1:]
+    return np.concatenate([q.reshape(K, G, H, *rest), k.reshape(K, 1, H, *rest),
+                           v.reshape(K, 1, H, *rest)], axis=1)
+
+
+def _split_qkv(w: np.ndarray, cfg: TransformerConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse of ``_fuse_qkv``."""
+    N, K, H = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    G, rest = N // K, w.shape[3:]
+    return (w[:, :G].reshape(N * H, *rest), w[:, G].reshape(K * H, *rest),
+            w[:, G + 1].reshape(K * H, *rest))
+
+
 def _from_hf(cfg: TransformerConfig, t: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """HF tensors (canonical names) -> our ``params`` subtree (without the ``'params'`` level)."""
     D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -120,21 +139,19 @@ def _from_hf(cfg: TransformerConfig, t: Mapping[str, np.ndarray]) -> dict[str, A
         out["pos_embedding"] = t[pre + "wpe.weight"]
         for i in range(cfg.n_layers):
             p = f"{pre}h.{i}."
-            q, k, v = np.split(t[p + "attn.c_attn.weight"], 3, axis=1)
+            q, k, v = np.split(t[p + "attn.c_attn.weight"], 3, axis=1)  # Conv1D: [in, out]
             qb, kb, vb = np.split(t[p + "attn.c_attn.bias"], 3)
             out[f"layer_{i}"] = {
                 "attn_norm": {"scale": t[p + "ln_1.weight"], "bias": t[p + "ln_1.bias"]},
                 "attn": {
-                    "q_kernel": q.reshape(D, N, H), "k_kernel": k.reshape(D, N, H),
-                    "v_kernel": v.reshape(D, N, H), "q_bias": qb.reshape(N, H),
-                    "k_bias": kb.reshape(N, H), "v_bias": vb.reshape(N, H),
-                    "o_kernel": t[p + "attn.c_proj.weight"].reshape(N, H, D),
+                    "qkv_kernel": _fuse_qkv(q.T, k.T, v.T, cfg), "qkv_bias": _fuse_qkv(qb, kb, vb, cfg),
+                    "o_kernel": t[p + "attn.c_proj.weight"].T.reshape(D, N, H),
                     "o_bias": t[p + "attn.c_proj.bias"],
                 },
                 "mlp_norm": {"scale": t[p + "ln_2.weight"], "bias": t[p + "ln_2.bias"]},
                 "mlp": {
-                    "up_kernel": t[p + "mlp.c_fc.weight"], "up_bias": t[p + "mlp.c_fc.bias"],
-                    "down_kernel": t[p + "mlp.c_proj.weight"], "down_bias": t[p + "mlp.c_proj.bias"],
+                    "up_kernel": t[p + "mlp.c_fc.weight"].T, "up_bias": t[p + "mlp.c_fc.bias"],
+                    "down_kernel": t[p + "mlp.c_proj.weight"].T, "down_bias": t[p + "mlp.c_proj.bias"],
                 },
             }
         out["final_norm"] = {"scale": t[pre + "ln_f.weight"], "bias": t[pre + "ln_f.bias"]}
@@ -142,17 +159,16 @@ def _from_hf(cfg: TransformerConfig, t: Mapping[str, np.ndarray]) -> dict[str, A
         out["embedding"] = t["model.embed_tokens.weight"]
         for i in range(cfg.n_layers):
             p = f"model.layers.{i}."
-            attn: dict[str, np.ndarray] = {}
-            for name, heads in (("q", N), ("k", K), ("v", K)):
-                attn[f"{name}_kernel"] = t[p + f"self_attn.{name}_proj.weight"].T.reshape(D, heads, H)
-                if cfg.qkv_bias:
-                    attn[f"{name}_bias"] = t[p + f"self_attn.{name}_proj.bias"].reshape(heads, H)
-            attn["o_kernel"] = t[p + "self_attn.o_proj.weight"].T.reshape(N, H, D)
+            attn: dict[str, np.ndarray] = {"qkv_kernel": _fuse_qkv(
+                *(t[p + f"self_attn.{n}_proj.weight"] for n in "qkv"), cfg)}
+            if cfg.qkv_bias:
+                attn["qkv_bias"] = _fuse_qkv(*(t[p + f"self_attn.{n}_proj.bias"] for n in "qkv"), cfg)
+            attn["o_kernel"] = t[p + "self_attn.o_proj.weight"].reshape(D, N, H)
             if cfg.out_bias:
                 attn["o_bias"] = t[p + "self_attn.o_proj.bias"]
             mlp: dict[str, np.ndarray] = {}
             for name in ("gate", "up", "down"):
-                mlp[f"{name}_kernel"] = t[p + f"mlp.{name}_proj.weight"].T
+                mlp[f"{name}_kernel"] = t[p + f"mlp.{name}_proj.weight"]
                 if cfg.mlp_bias:
                     mlp[f"{name}_bias"] = t[p + f"mlp.{name}_proj.bias"]
             out[f"layer_{i}"] = {
@@ -161,7 +177,7 @@ def _from_hf(cfg: TransformerConfig, t: Mapping[str, np.ndarray]) -> dict[str, A
             }
         out["final_norm"] = {"scale": t["model.norm.weight"]}
     if not cfg.tie_embeddings:
-        out["lm_head"] = t["lm_head.weight"].T
+        out["lm_head"] = t["lm_head.weight"]
     return out
 
 
@@ -177,14 +193,13 @@ def _to_hf(cfg: TransformerConfig, p: Mapping[str, Any]) -> dict[str, np.ndarray
             lp, h = p[f"layer_{i}"], f"{pre}h.{i}."
             a, m = lp["attn"], lp["mlp"]
             t[h + "ln_1.weight"], t[h + "ln_1.bias"] = lp["attn_norm"]["scale"], lp["attn_norm"]["bias"]
-            t[h + "attn.c_attn.weight"] = np.concatenate(
-                [a[f"{n}_kernel"].reshape(D, N * H) for n in "qkv"], axis=1)
-            t[h + "attn.c_attn.bias"] = np.concatenate([a[f"{n}_bias"].reshape(N * H) for n in "qkv"])
-            t[h + "attn.c_proj.weight"] = a["o_kernel"].reshape(N * H, D)
+            t[h + "attn.c_attn.weight"] = np.concatenate([w.T for w in _split_qkv(a["qkv_kernel"], cfg)], axis=1)
+            t[h + "attn.c_attn.bias"] = np.concatenate(_split_qkv(a["qkv_bias"], cfg))
+            t[h + "attn.c_proj.weight"] = a["o_kernel"].reshape(D, N * H).T
             t[h + "attn.c_proj.bias"] = a["o_bias"]
             t[h + "ln_2.weight"], t[h + "ln_2.bias"] = lp["mlp_norm"]["scale"], lp["mlp_norm"]["bias"]
-            t[h + "mlp.c_fc.weight"], t[h + "mlp.c_fc.bias"] = m["up_kernel"], m["up_bias"]
-            t[h + "mlp.c_proj.weight"], t[h + "mlp.c_proj.bias"] = m["down_kernel"], m["down_bias"]
+            t[h + "mlp.c_fc.weight"], t[h + "mlp.c_fc.bias"] = m["up_kernel"].T, m["up_bias"]
+            t[h + "mlp.c_proj.weight"], t[h + "mlp.c_proj.bias"] = m["down_kernel"].T, m["down_bias"]
         t[pre + "ln_f.weight"], t[pre + "ln_f.bias"] = p["final_norm"]["scale"], p["final_norm"]["bias"]
     else:
         t["model.embed_tokens.weight"] = p["embedding"]
@@ -193,20 +208,21 @@ def _to_hf(cfg: TransformerConfig, p: Mapping[str, Any]) -> dict[str, np.ndarray
             a, m = lp["attn"], lp["mlp"]
             t[h + "input_layernorm.weight"] = lp["attn_norm"]["scale"]
             t[h + "post_attention_layernorm.weight"] = lp["mlp_norm"]["scale"]
-            for name, heads in (("q", N), ("k", K), ("v", K)):
-                t[h + f"self_attn.{name}_proj.weight"] = a[f"{name}_kernel"].reshape(D, heads * H).T
-                if cfg.qkv_bias:
-                    t[h + f"self_attn.{name}_proj.bias"] = a[f"{name}_bias"].reshape(heads * H)
-            t[h + "self_attn.o_proj.weight"] = a["o_kernel"].reshape(N * H, D).T
+            for name, w in zip("qkv", _split_qkv(a["qkv_kernel"], cfg)):
+                t[h + f"self_attn.{name}_proj.weight"] = w
+            if cfg.qkv_bias:
+                for name, b in zip("qkv", _split_qkv(a["qkv_bias"], cfg)):
+                    t[h + f"self_attn.{name}_proj.bias"] = b
+            t[h + "self_attn.o_proj.weight"] = a["o_kernel"].reshape(D, N * H)
             if cfg.out_bias:
                 t[h + "self_attn.o_proj.bias"] = a["o_bias"]
             for name in ("gate", "up", "down"):
-                t[h + f"mlp.{name}_proj.weight"] = m[f"{name}_kernel"].T
+                t[h + f"mlp.{name}_proj.weight"] = m[f"{name}_kernel"]
                 if cfg.mlp_bias:
                     t[h + f"mlp.{name}_proj.bias"] = m[f"{name}_bias"]
         t["model.norm.weight"] = p["final_norm"]["scale"]
     if not cfg.tie_embeddings:
-        t["lm_head.weight"] = p["lm_head"].T
+        t["lm_head.weight"] = p["lm_head"]
     return t
 
 

@@ -129,6 +129,25 @@ def test_top_k_top_p_draw_from_filtered_but_report_unfiltered_logprobs(llama):
     np.testing.assert_allclose(out.logprobs, _gather(logp, tokens), atol=ATOL, rtol=0)
 
 
+LONG_N = 120  # nearly the whole position range of the tiny presets
+
+
+@pytest.mark.parametrize("temperature", [0, 1.0])
+def test_long_decode_equals_full_forward(llama, temperature):
+    """Over a long generation (the cache filled to 127 of 128 slots) tokens and logprobs still
+    match a full forward over the returned sequences."""
+    cfg, params, full = llama
+    ids, mask = prompts(cfg.vocab_size, seed=8)
+    out = generate(cfg, params, ids, mask, rng=jax.random.PRNGKey(11), max_new_tokens=LONG_N,
+                   temperature=temperature)
+    assert int(out.num_steps) == LONG_N
+    ref = np.asarray(full(params, out.sequences, out.sequence_mask)[:, P - 1:P - 1 + LONG_N])
+    logp = np.asarray(jax.nn.log_softmax(ref, -1))
+    if temperature == 0:
+        np.testing.assert_array_equal(out.tokens, ref.argmax(-1))
+    np.testing.assert_allclose(out.logprobs, _gather(logp, out.tokens), atol=ATOL, rtol=0)
+
+
 # ----------------------------------------------------------------------------- EOS and early exit
 
 EOS_CFG = get_preset("tiny-llama", vocab_size=6)  # a tiny vocabulary so EOS comes up quickly
