@@ -200,7 +200,11 @@ class Transformer(nn.Module):
         else:
             q_offset = cache["index"]
             key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, q_offset))
-            positions = jax.lax.dynamic_slice(positions_from_mask(key_mask), (0, q_offset), (B, T))
+            # Real tokens already in the cache, plus the running count over the new ones. (Not a
+            # cumsum over the whole cache: XLA:CPU lowers cumsum as an O(S^2) reduce-window, which
+            # made each decode step's cost grow with the cache length.)
+            before = jnp.sum(jnp.where(jnp.arange(key_mask.shape[1]) < q_offset, key_mask, 0), axis=-1)
+            positions = jnp.maximum(before[:, None] + jnp.cumsum(attention_mask, axis=-1) - 1, 0)
 
         embed = _param(self, "embedding", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model),
                        ("vocab", "embed"), cfg.jnp_param_dtype)

@@ -118,3 +118,36 @@ def test_sample_frequencies_match_tempered_softmax():
         # 20k draws: s.e. <= sqrt(.25 / 20000) = .0035; allow ~4 s.e.
         np.testing.assert_allclose(freq, expected, atol=0.015)
     np.testing.assert_allclose(scale_temperature(logits, 2.0), logits / 2.0)
+
+
+def test_sort_keys_order_like_floats():
+    from rlhf_jax.sampling.strategies import _sort_keys
+    vals = np.array([-np.inf, -3e38, -2.0, -1.0, -1e-30, -0.0, 0.0, 1e-30, 1.0, 2.0, 3e38, np.inf],
+                    np.float32)
+    keys = np.asarray(_sort_keys(jnp.asarray(vals)))
+    assert (np.diff(keys) >= 0).all() and (np.diff(keys)[vals[1:] != vals[:-1]] > 0).all()
+
+
+def test_filters_on_a_gpt2_sized_vocab():
+    """The bisection filters against sorting references at V = 50257, with duplicated values,
+    -inf entries (an earlier filter's output) and both signs."""
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(4, 50257)) * 3).astype(np.float32)
+    logits[0, :100] = logits[0, 100]          # a tie block
+    logits[1, rng.integers(0, 50257, 20000)] = -np.inf
+    logits[2] = np.round(logits[2])           # heavy ties everywhere
+    x = jnp.asarray(logits)
+    f_k = jax.jit(top_k_filter, static_argnums=1)
+    for k in (1, 40, 1000, 30000):
+        kth = np.sort(logits, -1)[:, -k]
+        np.testing.assert_array_equal(np.isfinite(np.asarray(f_k(x, k))), logits >= kth[:, None])
+    probs = np.asarray(jax.nn.softmax(x, -1))
+    f_p = jax.jit(lambda lg, p: top_p_filter(lg, p))  # its own compile cache
+    for p in (0.05, 0.5, 0.9, 0.999):
+        kept = np.isfinite(np.asarray(f_p(x, p)))
+        assert (kept <= _nucleus(logits, p)).all()
+        assert ((probs * kept).sum(-1) >= p - 1e-5).all()
+        # Minimal: dropping the least likely kept value (with its ties) falls short of p.
+        low = np.where(kept, probs, np.inf).min(-1, keepdims=True)
+        assert ((probs * (kept & (probs > low))).sum(-1) < p + 1e-5).all()
+    assert f_p._cache_size() == 1
