@@ -12,6 +12,9 @@ and nothing recompiles; decode time = total - time of a 1-token call, which is p
         --new-tokens 64 --repeats 3
 
 Targets (issue): >= 3x transformers at tiny, >= 1.5x at GPT-2-small size, 2x-length ratio <= 2.2.
+
+``--top-p 0.9`` samples (temperature 1, top-p) on both sides instead: the rollout setting, where the
+next-token strategy itself costs time (see ``bench_sampling.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count(),
                     help="torch intra-op threads (XLA's CPU client uses all cores by default)")
     ap.add_argument("--skip-torch", action="store_true", help="time only ours")
+    ap.add_argument("--top-p", type=float, default=None,
+                    help="sample (temperature 1) with this top-p on both sides instead of greedy")
     args = ap.parse_args(argv)
     args.sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in args.sizes if s not in SIZES]
@@ -100,16 +105,20 @@ def bench_size(size, args):
     mask = np.ones((B, P), np.int32)
     key = jax.random.PRNGKey(0)
 
+    greedy = args.top_p is None
+    sampling = {} if greedy else dict(temperature=1.0, top_p=args.top_p, top_k=0)
+
     def ours(n):
-        out = generate(cfg, params, ids, mask, rng=key, max_new_tokens=n, temperature=0)
+        out = generate(cfg, params, ids, mask, rng=key, max_new_tokens=n,
+                       **(dict(temperature=0) if greedy else sampling))
         return jax.block_until_ready(out)
 
     def theirs(n):
         with torch.inference_mode():
             return model.generate(input_ids=torch.from_numpy(ids).long(),
                                   attention_mask=torch.from_numpy(mask).long(), max_new_tokens=n,
-                                  min_new_tokens=n, do_sample=False, eos_token_id=None,
-                                  pad_token_id=0)
+                                  min_new_tokens=n, do_sample=not greedy, **sampling,
+                                  eos_token_id=None, pad_token_id=0)
 
     fns = {"ours": lambda: ours(N), "one": lambda: ours(1), "two": lambda: ours(2 * N)}
     if not args.skip_torch:
@@ -122,10 +131,12 @@ def bench_size(size, args):
     if not args.skip_torch:
         t_torch = t["torch"]
         torch_tps = B * N / t_torch
-        ref = theirs(N).numpy()[:, P:]
-        agree = float((np.asarray(ours(N).tokens) == ref).mean())
-        line += (f" | torch: {torch_tps:,.0f} tok/s ({t_torch * 1e3:.1f} ms) | ratio {ours_tps / torch_tps:.2f}x"
-                 f" | greedy agreement {agree:.3f}")
+        line += f" | torch: {torch_tps:,.0f} tok/s ({t_torch * 1e3:.1f} ms) | ratio {ours_tps / torch_tps:.2f}x"
+        if greedy:
+            ref = theirs(N).numpy()[:, P:]
+            line += f" | greedy agreement {float((np.asarray(ours(N).tokens) == ref).mean()):.3f}"
+        else:
+            line += f" | sampled, top-p {args.top_p}"
     line += (f" | decode 2N/N {ratio_2x:.2f} (total {t_two / t_ours:.2f};"
              f" prefill+1 step {t_one * 1e3:.1f} ms)")
     print(line, flush=True)

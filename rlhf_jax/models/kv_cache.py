@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+import jax
+
 from rlhf_jax.models.config import TransformerConfig
 
 
@@ -20,3 +22,20 @@ def init_cache(cfg: TransformerConfig, batch_size: int, max_len: int, dtype=None
               for i in range(cfg.n_layers)}
     return {"layers": layers, "mask": jnp.zeros((batch_size, max_len), jnp.int32),
             "index": jnp.zeros((), jnp.int32)}
+
+
+def grow_cache(cache: dict, max_len: int) -> dict:
+    """The same cache with room for ``max_len`` slots (new slots empty; one copy of the buffers).
+
+    A sampler can start with a short cache and grow it in a few steps, so each decode step's
+    attention reads a buffer not much longer than the tokens so far."""
+    def pad(x):  # k, v [B, K, S, H]; mask [B, S]
+        axis = 2 if x.ndim == 4 else 1
+        if max_len < x.shape[axis]:
+            raise ValueError(f"cannot shrink a cache of length {x.shape[axis]} to {max_len}")
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, max_len - x.shape[axis])
+        return jnp.pad(x, widths)
+
+    return {"layers": jax.tree.map(pad, cache["layers"]), "mask": pad(cache["mask"]),
+            "index": cache["index"]}

@@ -3,7 +3,10 @@
 Prefill runs the left-padded prompts once; each decode step feeds one token per row, writes its
 K/V at the shared cache index, and stores the token, its mask and its logprob into fixed-size
 buffers (no concatenation, so no recompiles). Rows stop at their first EOS; the loop exits early
-when every row is done. The returned logprob of a token is ``log_softmax(logits / T)[token]``, the
+when every row is done. The cache grows in up to ``MAX_SEGMENTS`` steps: decoding runs as that many
+consecutive loops, each with a cache just long enough for its last step, so a step's attention reads
+about as many slots as there are tokens so far rather than the whole final buffer (one compiled
+loop body per segment, fixed by the shapes, so nothing recompiles across calls). The returned logprob of a token is ``log_softmax(logits / T)[token]``, the
 temperature-scaled distribution it was drawn from (T = 1 for greedy), exactly what PPO's ratio and
 KL need (RLHF_NOTES: recomputing without the temperature inflates KL).
 """
@@ -17,8 +20,18 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models import forward, init_cache
+from rlhf_jax.models.kv_cache import grow_cache
 from rlhf_jax.models.config import TransformerConfig
 from rlhf_jax.sampling import strategies
+
+MAX_SEGMENTS = 4
+MIN_SEGMENT = 32  # decode steps; short generations run as one loop (less to compile)
+
+
+def decode_segments(max_new_tokens: int) -> list[int]:
+    """The decode steps at which each segment ends (the last is ``max_new_tokens``)."""
+    n = max(1, min(MAX_SEGMENTS, max_new_tokens // MIN_SEGMENT))
+    return [max_new_tokens * (i + 1) // n for i in range(n)]
 
 
 @flax.struct.dataclass
@@ -40,13 +53,15 @@ def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos
     temperature = jnp.asarray(temperature, jnp.float32)
     lp_temperature = jnp.float32(1.0) if is_greedy else temperature
 
-    cache = init_cache(cfg, B, P + N)
+    ends = decode_segments(N)
+    # Decode step i writes cache slot P + i, so the steps before ``end`` need P + end slots.
+    cache = init_cache(cfg, B, P + ends[0])
     logits, _, cache = forward(cfg, params, prompt_ids, prompt_mask, cache, last_only=True)
     last = logits[:, -1]
 
-    def cond(state):
+    def cond(state, end):
         step, _, _, _, _, _, done, _ = state
-        return (step < N) & ~jnp.all(done)
+        return (step < end) & ~jnp.all(done)
 
     def body(state):
         step, cache, last, toks, mask, lps, done, rng = state
@@ -63,9 +78,13 @@ def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos
         logits, _, cache = forward(cfg, params, tok[:, None], jnp.ones((B, 1), jnp.int32), cache)
         return step + 1, cache, logits[:, 0], toks, mask, lps, done, rng
 
-    init = (jnp.int32(0), cache, last, jnp.full((B, N), pad_id, jnp.int32), jnp.zeros((B, N), jnp.int32),
-            jnp.zeros((B, N), jnp.float32), jnp.zeros((B,), bool), rng)
-    steps, _, _, toks, mask, lps, _, _ = jax.lax.while_loop(cond, body, init)
+    state = (jnp.int32(0), cache, last, jnp.full((B, N), pad_id, jnp.int32), jnp.zeros((B, N), jnp.int32),
+             jnp.zeros((B, N), jnp.float32), jnp.zeros((B,), bool), rng)
+    for i, end in enumerate(ends):
+        if i:
+            state = state[:1] + (grow_cache(state[1], P + end),) + state[2:]
+        state = jax.lax.while_loop(functools.partial(cond, end=end), body, state)
+    steps, _, _, toks, mask, lps, _, _ = state
     return SampleOutput(
         tokens=toks, mask=mask, logprobs=lps,
         sequences=jnp.concatenate([prompt_ids.astype(jnp.int32), toks], axis=1),

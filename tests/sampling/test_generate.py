@@ -15,7 +15,7 @@ import pytest
 
 from rlhf_jax.models import forward, get_preset, init_params
 from rlhf_jax.sampling import generate, strategies
-from rlhf_jax.sampling.generate import _generate
+from rlhf_jax.sampling.generate import _generate, decode_segments
 
 P, N = 7, 8
 PAD = [0, 2, 6]  # left padding per row; the last row holds a single real token
@@ -129,13 +129,21 @@ def test_top_k_top_p_draw_from_filtered_but_report_unfiltered_logprobs(llama):
     np.testing.assert_allclose(out.logprobs, _gather(logp, tokens), atol=ATOL, rtol=0)
 
 
-LONG_N = 120  # nearly the whole position range of the tiny presets
+def test_decode_segments():
+    assert decode_segments(1) == [1] and decode_segments(63) == [63]
+    assert decode_segments(64) == [32, 64]
+    assert decode_segments(120) == [40, 80, 120]
+    assert decode_segments(1000) == [250, 500, 750, 1000]
+
+
+LONG_N = 120  # nearly the whole position range of the tiny presets; three cache sizes
 
 
 @pytest.mark.parametrize("temperature", [0, 1.0])
 def test_long_decode_equals_full_forward(llama, temperature):
-    """Over a long generation (the cache filled to 127 of 128 slots) tokens and logprobs still
-    match a full forward over the returned sequences."""
+    """Over a long generation (the cache grown twice, finally to 127 of 128 slots) tokens and
+    logprobs still match a full forward over the returned sequences."""
+    assert len(decode_segments(LONG_N)) == 3
     cfg, params, full = llama
     ids, mask = prompts(cfg.vocab_size, seed=8)
     out = generate(cfg, params, ids, mask, rng=jax.random.PRNGKey(11), max_new_tokens=LONG_N,
@@ -188,6 +196,20 @@ def test_eos_mask_pad_and_early_exit(eos_model):
     assert int(out.num_steps) == first.max() + 1 < EOS_N
     assert int(free.num_steps) == EOS_N
     np.testing.assert_array_equal(out.sequence_mask[:, P:], m)
+
+
+def test_early_exit_skips_later_segments(eos_model):
+    cfg, params = eos_model
+    ids, mask = prompts(cfg.vocab_size, seed=5, pad=[0, 3, 1, 6])
+    n = 96  # segments end at 32, 64, 96; every row meets EOS within the first
+    assert decode_segments(n) == [32, 64, 96]
+    out = generate(cfg, params, ids, mask, rng=jax.random.PRNGKey(1), max_new_tokens=n,
+                   temperature=1.0, pad_id=PAD_ID, eos_id=EOS_ID)
+    first = _first_eos(out.tokens)
+    assert (first >= 0).all() and first.max() < 32, first
+    assert int(out.num_steps) == first.max() + 1
+    np.testing.assert_array_equal(np.asarray(out.tokens)[:, first.max() + 1:], PAD_ID)
+    np.testing.assert_array_equal(np.asarray(out.mask).sum(1), first + 1)
 
 
 def test_rows_without_eos_keep_full_mask(eos_model):
