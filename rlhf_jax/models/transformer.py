@@ -83,10 +83,8 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, key_mask, q_offset, layer_cache):
-        """x [B,T,D]; key_mask [B,S]; q_offset: index of x's first position among the S keys.
-
-        With a cache, only its first S = key_mask.shape[1] slots are attended to (a static window
-        the sampler can keep short while the cache is still mostly empty)."""
+        """x [B,T,D]; key_mask [B,S]; q_offset: index of x's first position among the S keys (with a
+        cache, S is the cache length)."""
         cfg = self.cfg
         D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         pdt, dt = cfg.jnp_param_dtype, cfg.jnp_dtype
@@ -115,8 +113,7 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(layer_cache["k"], k.astype(layer_cache["k"].dtype), idx)
             v = jax.lax.dynamic_update_slice(layer_cache["v"], v.astype(layer_cache["v"].dtype), idx)
             new_cache = {"k": k, "v": v}
-            S = key_mask.shape[1]
-            k, v = k[:, :, :S].astype(dt), v[:, :, :S].astype(dt)
+            k, v = k.astype(dt), v.astype(dt)
 
         S = k.shape[2]
         qg = q.reshape(B, T, K, G, H)
@@ -180,14 +177,12 @@ class Transformer(nn.Module):
     """Decoder LM. ``__call__`` returns ``(logits f32 [B,T,V], hidden [B,T,D], new_cache)``.
 
     ``last_only``: logits of the last position only (``[B, 1, V]``; prefill needs no more).
-    ``kv_len`` (static): with a cache, attend to its first ``kv_len`` slots only; the caller
-    guarantees every filled slot lies below it.
     """
 
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=False, kv_len=None):
+    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=False):
         cfg = self.cfg
         B, T = input_ids.shape
         if attention_mask is None:
@@ -214,11 +209,10 @@ class Transformer(nn.Module):
                                (cfg.max_len, cfg.d_model), (None, "embed"), cfg.jnp_param_dtype)
             x = x + pos_table.astype(cfg.jnp_dtype)[positions]
 
-        att_mask = key_mask if kv_len is None or cache is None else key_mask[:, :kv_len]
         new_layers = {}
         for i in range(cfg.n_layers):
             layer_cache = None if cache is None else cache["layers"][f"layer_{i}"]
-            x, lc = Block(cfg, name=f"layer_{i}")(x, positions, att_mask, q_offset, layer_cache)
+            x, lc = Block(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
             new_layers[f"layer_{i}"] = lc
         hidden = Norm(cfg, name="final_norm")(x)
         out_hidden = hidden[:, -1:] if last_only else hidden
@@ -250,9 +244,9 @@ def param_logical_axes(cfg: TransformerConfig):
 
 
 def forward(cfg: TransformerConfig, params, input_ids, attention_mask=None, cache=None, *,
-            last_only: bool = False, kv_len: int | None = None):
+            last_only: bool = False):
     """``(logits f32 [B,T,V], hidden [B,T,D], new_cache)``; pure, jit it with cfg static."""
-    return Transformer(cfg).apply(params, input_ids, attention_mask, cache, last_only, kv_len)
+    return Transformer(cfg).apply(params, input_ids, attention_mask, cache, last_only)
 
 
 def logits(cfg: TransformerConfig, params, input_ids, attention_mask=None) -> Array:
