@@ -6,9 +6,10 @@ buffers (no concatenation, so no recompiles). Rows stop at their first EOS; the 
 when every row is done. The cache grows in up to ``MAX_SEGMENTS`` steps: decoding runs as that many
 consecutive loops, each with a cache just long enough for its last step, so a step's attention reads
 about as many slots as there are tokens so far rather than the whole final buffer (one compiled
-loop body per segment, fixed by the shapes, so nothing recompiles across calls). The returned logprob of a token is ``log_softmax(logits / T)[token]``, the
-temperature-scaled distribution it was drawn from (T = 1 for greedy), exactly what PPO's ratio and
-KL need (RLHF_NOTES: recomputing without the temperature inflates KL).
+loop body per segment, fixed by the shapes, so nothing recompiles across calls). The returned
+logprob of a token is ``log_softmax(logits / T)[token]``, the temperature-scaled distribution it
+was drawn from (T = 1 for greedy), exactly what PPO's ratio and KL need (RLHF_NOTES: recomputing
+without the temperature inflates KL).
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos
     N = max_new_tokens
     pick = strategies.greedy if is_greedy else strategies.sample
     temperature = jnp.asarray(temperature, jnp.float32)
-    lp_temperature = jnp.float32(1.0) if is_greedy else temperature
 
     ends = decode_segments(N)
     # Decode step i writes cache slot P + i, so the steps before ``end`` need P + end slots.
@@ -67,8 +67,9 @@ def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos
         step, cache, last, toks, mask, lps, done, rng = state
         rng, sub = jax.random.split(rng)
         tok = pick(sub, last, temperature, top_k, top_p)
-        lp = jnp.take_along_axis(jax.nn.log_softmax(strategies.scale_temperature(last, lp_temperature)),
-                                 tok[:, None], axis=-1)[:, 0]
+        # log_softmax(scaled)[tok] without writing the whole [B, V] log_softmax out (T = 1 when greedy).
+        scaled = last if is_greedy else strategies.scale_temperature(last, temperature)
+        lp = jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(scaled, axis=-1)
         alive = ~done
         tok = jnp.where(alive, tok, pad_id)
         toks = toks.at[:, step].set(tok)
