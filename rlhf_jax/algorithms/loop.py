@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import jax
 import numpy as np
 
 from rlhf_jax.data.encoding import batch_indices

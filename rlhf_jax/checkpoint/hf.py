@@ -131,7 +131,7 @@ def _split_qkv(w: np.ndarray, cfg: TransformerConfig) -> tuple[np.ndarray, np.nd
 
 def _from_hf(cfg: TransformerConfig, t: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """HF tensors (canonical names) -> our ``params`` subtree (without the ``'params'`` level)."""
-    D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    D, N, H = cfg.d_model, cfg.n_heads, cfg.head_dim
     out: dict[str, Any] = {}
     if cfg.family == "gpt2":
         pre = "transformer."
@@ -183,7 +183,7 @@ def _from_hf(cfg: TransformerConfig, t: Mapping[str, np.ndarray]) -> dict[str, A
 
 def _to_hf(cfg: TransformerConfig, p: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Our ``params`` subtree -> HF tensors in ``cfg.family``'s canonical naming."""
-    D, N, K, H = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    D, N, H = cfg.d_model, cfg.n_heads, cfg.head_dim
     t: dict[str, np.ndarray] = {}
     if cfg.family == "gpt2":
         pre = "transformer."

@@ -57,9 +57,6 @@ class Registry(Generic[T]):
 
     __getitem__ = get
 
-    def __iter__(self):
-        return iter(self.names())
-
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._items)

@@ -8,9 +8,8 @@ never transposes them) written with ``dynamic_update_slice`` at
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
 import jax
+import jax.numpy as jnp
 
 from rlhf_jax.models.config import TransformerConfig
 

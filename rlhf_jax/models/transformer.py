@@ -196,7 +196,7 @@ class Transformer(nn.Module):
             q_offset = cache["index"]
             key_mask = jax.lax.dynamic_update_slice(cache["mask"], attention_mask, (0, q_offset))
             # Real tokens already in the cache, plus the running count over the new ones. (Not a
-            # cumsum over the whole cache: XLA:CPU lowers cumsum as an O(S^2) reduce-window, which
+            # cumsum over the whole cache: XLA:CPU lowers cumsum as multi-pass reduce-windows, which
             # made each decode step's cost grow with the cache length.)
             before = jnp.sum(jnp.where(jnp.arange(key_mask.shape[1]) < q_offset, key_mask, 0), axis=-1)
             positions = jnp.maximum(before[:, None] + jnp.cumsum(attention_mask, axis=-1) - 1, 0)

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models import forward, init_cache
-from rlhf_jax.models.kv_cache import grow_cache
 from rlhf_jax.models.config import TransformerConfig
+from rlhf_jax.models.kv_cache import grow_cache
 from rlhf_jax.sampling import strategies
 
 MAX_SEGMENTS = 4

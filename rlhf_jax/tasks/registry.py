@@ -51,6 +51,9 @@ class Task:
         return list(self.vocabulary_fn())
 
     def continuations(self, prompts: Sequence[str], k: int, seed: int = 0) -> list[list[str]]:
+        """``k`` oracle samples per prompt. An optional capability: a task built on a fixed dataset
+        has no generator of its data distribution, and then says so with ``NotImplementedError``
+        (Python's signal for an optional method an object does not provide)."""
         if self.continuations_fn is None:
             raise NotImplementedError(f"task {self.name!r} has no oracle continuation sampler")
         return self.continuations_fn(prompts, k, seed)

@@ -229,24 +229,15 @@ def test_record_index_in_json_and_parquet(tmp_path, ext):
     assert e.value.record == 1
 
 
-def test_json_file_level_errors(tmp_path):
-    p = tmp_path / "broken.json"
-    p.write_text('[\n {"prompt": "a",\n oops}\n]')
-    with pytest.raises(DataError, match=r"broken\.json:3: invalid JSON"):
-        load_preferences(p)
-    p = tmp_path / "obj.json"
-    p.write_text('{"rows": []}')
-    with pytest.raises(DataError, match=r"obj\.json: .*'data'.*\['rows'\]"):
-        load_preferences(p)
-    p = tmp_path / "num.json"
-    p.write_text("3")
-    with pytest.raises(DataError, match=r"num\.json: expected a list of records, got a number"):
-        load_preferences(p)
-    p = tmp_path / "empty.jsonl"
-    p.write_text("\n\n")
-    with pytest.raises(DataError, match=r"empty\.jsonl: no records"):
-        load_preferences(p)
-    p = tmp_path / "corrupt.parquet"
-    p.write_text("not parquet")
-    with pytest.raises(DataError, match=r"corrupt\.parquet: could not read parquet"):
+@pytest.mark.parametrize("name,content,message", [
+    ("broken.json", '[\n {"prompt": "a",\n oops}\n]', r"broken\.json:3: invalid JSON"),
+    ("obj.json", '{"rows": []}', r"obj\.json: .*'data'.*\['rows'\]"),
+    ("num.json", "3", r"num\.json: expected a list of records, got a number"),
+    ("empty.jsonl", "\n\n", r"empty\.jsonl: no records"),
+    ("corrupt.parquet", "not parquet", r"corrupt\.parquet: could not read parquet"),
+])
+def test_file_level_errors(tmp_path, name, content, message):
+    p = tmp_path / name
+    p.write_text(content)
+    with pytest.raises(DataError, match=message):
         load_preferences(p)
