@@ -21,7 +21,9 @@ weight ≈1.3x faster than an ``[in, out]`` one in that regime (``experiments/be
 Queries, keys and values are one kernel, grouped by KV head: for KV head ``k``, rows ``0..G-1`` are
 its ``G`` query heads (query head ``n = k*G + g``), row ``G`` its key and row ``G+1`` its value. One
 matmul instead of three (each call has a fixed cost that dominates small decode matmuls), and the
-``kv_heads`` axis still shards q, k and v consistently.
+``kv_heads`` axis still shards q, k and v consistently. Every weight matmul goes through
+``cpu_linear.linear``: ``jnp.einsum``, except for the few-row float32 matmuls of a decode step on
+CPU, which take a native kernel (≈1.5x XLA's dot there; ``experiments/bench_cpu_linear.py``).
 
 Einsum letters: B batch, T query positions, S key positions, D model, N query heads, K kv heads,
 G query heads per kv head, H head dim, F mlp, V vocab.
@@ -36,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.config import TransformerConfig
+from rlhf_jax.models.cpu_linear import linear
 
 Array = jax.Array
 _NEG = -1e30  # finite "minus infinity": fully masked rows give a uniform softmax, never NaN
@@ -95,7 +98,7 @@ class Attention(nn.Module):
         axes = ("kv_heads", None, "head_dim")
         w = _param(self, "qkv_kernel", init, (K, G + 2, H, D), axes + ("embed",), pdt)
         # One plain matmul against the [(N+2K)·H, D] view (a free reshape): no relayout per step.
-        qkv = jnp.einsum("BTD,ED->BTE", x, w.reshape(K * (G + 2) * H, D).astype(dt))
+        qkv = linear(x, w.reshape(K * (G + 2) * H, D).astype(dt))
         qkv = qkv.reshape(B, T, K, G + 2, H)
         if cfg.qkv_bias:
             qkv = qkv + _param(self, "qkv_bias", nn.initializers.zeros, (K, G + 2, H), axes, pdt).astype(dt)
@@ -125,7 +128,7 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
         out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v).reshape(B, T, N, H)
         wo = _param(self, "o_kernel", init, (D, N, H), ("embed", "heads", "head_dim"), pdt)
-        y = jnp.einsum("BTE,DE->BTD", out.reshape(B, T, N * H), wo.reshape(D, N * H).astype(dt))
+        y = linear(out.reshape(B, T, N * H), wo.reshape(D, N * H).astype(dt))
         if cfg.out_bias:
             y = y + _param(self, "o_bias", nn.initializers.zeros, (D,), ("embed",), pdt).astype(dt)
         return y, new_cache
@@ -143,7 +146,7 @@ class MLP(nn.Module):
 
         def dense(name, n_out, n_in, axes, inp):  # kernel [out, in]
             w = _param(self, f"{name}_kernel", init, (n_out, n_in), axes, pdt)
-            y = jnp.einsum("BTI,OI->BTO", inp, w.astype(dt))
+            y = linear(inp, w.astype(dt))
             if cfg.mlp_bias:
                 y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (n_out,), axes[:1], pdt).astype(dt)
             return y
@@ -218,11 +221,11 @@ class Transformer(nn.Module):
         out_hidden = hidden[:, -1:] if last_only else hidden
 
         if cfg.tie_embeddings:
-            logits = jnp.einsum("BTD,VD->BTV", out_hidden, embed.astype(cfg.jnp_dtype))
+            logits = linear(out_hidden, embed.astype(cfg.jnp_dtype))
         else:
             head = _param(self, "lm_head", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model),
                           ("vocab", "embed"), cfg.jnp_param_dtype)
-            logits = jnp.einsum("BTD,VD->BTV", out_hidden, head.astype(cfg.jnp_dtype))
+            logits = linear(out_hidden, head.astype(cfg.jnp_dtype))
 
         new_cache = None
         if cache is not None:

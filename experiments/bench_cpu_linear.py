@@ -1,0 +1,86 @@
+"""Benchmark: the weight matmuls of one decode step, XLA:CPU's dot against ``models/cpu_linear``.
+
+A GPT-2-small decode step multiplies ``rows`` (= batch) activations by 12 layers of weights (qkv
+[2304, 768], out [768, 768], up [3072, 768], down [768, 3072]) and the tied LM head [50257, 768],
+each depending on the one before. This runs that chain with the einsum XLA uses everywhere else and
+with the native kernel, same inputs, and prints both times, the GFLOP/s, the weight bytes streamed
+per second and the ratio, at several row counts (the kernel is used up to ``MAX_ROWS``).
+
+    python experiments/bench_cpu_linear.py --rows 1,4,8,16,32
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+
+def best_time(fn, *args, repeats):
+    import jax
+
+    jax.block_until_ready(fn(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default="1,4,8,16,32")
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--d-model", type=int, default=768)
+    ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from rlhf_jax.models import cpu_linear
+
+    isa = cpu_linear.native_isa()
+    print(f"jax {jax.__version__}; cores {os.cpu_count()}; native kernel: {isa or 'unavailable'}")
+    if isa is None:
+        return
+    d, f = args.d_model, 4 * args.d_model
+    rng = np.random.default_rng(0)
+
+    def weight(o, i):
+        return jnp.asarray(rng.standard_normal((o, i), np.float32) * 0.02)
+
+    layers = [(weight(3 * d, d), weight(d, d), weight(f, d), weight(d, f)) for _ in range(args.layers)]
+    head = weight(args.vocab, d)
+    n_params = sum(w.size for layer in layers for w in layer) + head.size
+
+    def chain(mm):
+        def run(layers, head, x):
+            for qkv, out, up, down in layers:
+                x = x + mm(mm(x, qkv)[:, :d], out)
+                x = x + mm(jax.nn.gelu(mm(x, up)), down)
+            return mm(x, head)
+        return jax.jit(run)
+
+    xla = chain(lambda x, w: jnp.einsum("mi,oi->mo", x, w))
+    native = chain(cpu_linear.native_linear)
+    for rows in [int(r) for r in args.rows.split(",")]:
+        x = jnp.asarray(rng.standard_normal((rows, d), np.float32))
+        diff = float(jnp.abs(xla(layers, head, x) - native(layers, head, x)).max())
+        t_xla = best_time(xla, layers, head, x, repeats=args.repeats)
+        t_nat = best_time(native, layers, head, x, repeats=args.repeats)
+        flops = 2 * rows * n_params
+        print(f"rows {rows:3d} | XLA dot {t_xla * 1e3:7.2f} ms ({flops / t_xla / 1e9:5.1f} GFLOP/s, "
+              f"{4 * n_params / t_xla / 1e9:4.1f} GB/s) | native {t_nat * 1e3:7.2f} ms "
+              f"({flops / t_nat / 1e9:5.1f} GFLOP/s, {4 * n_params / t_nat / 1e9:4.1f} GB/s) | "
+              f"speed-up {t_xla / t_nat:4.2f}x | max |diff| {diff:.1e}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""``x @ w.T`` for the few-row matmuls of a decode step, with a native x86-64 kernel on CPU.
+
+``linear(x, w)``: x ``[..., in]``, w ``[out, in]`` (the model's output-major kernels) → ``[..., out]``.
+When x has at most ``MAX_ROWS`` rows, both are float32 and the computation runs on CPU, it calls the
+XLA FFI target ``rlhf_cpu_linear`` (``cpu_linear.cc``): a kernel that prefetches the next weight
+rows while multiplying the current ones, ≈1.5x faster than XLA:CPU's dot on a GPT-2-small decode
+step. Everything else (more rows, other dtypes, GPU/TPU) is ``jnp.einsum``; gradients always are.
+
+The kernel is compiled with the system's C++ compiler on first use (≈3 s) and cached under
+``$RLHF_JAX_CACHE_DIR`` (default ``~/.cache/rlhf_jax``), keyed by a hash of its source, the jaxlib
+version and the compiler. With no compiler, a CPU without AVX2+FMA, or ``RLHF_JAX_NATIVE=0``, it is
+never used and nothing else changes. Results equal the einsum's up to float32 summation order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 16
+"""Up to this many rows of x go to the kernel (measured: it wins up to 16, XLA's GEMM beyond)."""
+
+_TARGET = "rlhf_cpu_linear"
+_SOURCE = Path(__file__).with_name("cpu_linear.cc")
+_SOURCES = (_SOURCE, _SOURCE.with_name("cpu_linear_kernel.inc"))  # what the build depends on
+ISA_NAMES = {1: "avx2", 2: "avx512"}
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("RLHF_JAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "rlhf_jax")
+    return Path(root)
+
+
+def _compile(out: Path) -> None:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if cxx is None:
+        raise RuntimeError("no C++ compiler (g++, c++ or clang++) on PATH")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)  # build aside, then rename: atomic
+    os.close(fd)
+    cmd = [cxx, "-O3", "-std=c++20", "-shared", "-fPIC", "-pthread", "-w",
+           f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def _library() -> tuple[int, str] | None:
+    """Build (once), load and register the kernel; ``(isa, path)``, or None when unavailable."""
+    if os.environ.get("RLHF_JAX_NATIVE", "1") == "0":
+        return None
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    source = b"".join(p.read_bytes() for p in _SOURCES)
+    key = hashlib.sha256(source + jaxlib.__version__.encode() + (os.environ.get("CXX") or "").encode())
+    path = _cache_dir() / f"cpu_linear-{key.hexdigest()[:16]}.so"
+    try:
+        if not path.exists():
+            _compile(path)
+        lib = ctypes.CDLL(str(path))
+        isa = int(lib.rlhf_cpu_linear_isa())
+        if isa == 0:
+            return None
+        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.RlhfCpuLinear), platform="cpu")
+    except Exception as e:  # noqa: BLE001 — any failure means "use XLA's dot", said once
+        log.warning("native CPU matmul unavailable, using XLA's dot: %s", e)
+        return None
+    return isa, str(path)
+
+
+def native_isa() -> str | None:
+    """``"avx512"`` / ``"avx2"`` when the kernel is built and usable here, else None."""
+    lib = _library()
+    return None if lib is None else ISA_NAMES[lib[0]]
+
+
+def _einsum(x, w):
+    return jnp.einsum("...i,oi->...o", x, w)
+
+
+def native_linear(x2, w, isa: str | None = None):
+    """The kernel itself on 2-D ``x2 [M, K]`` and ``w [O, K]`` (CPU only; ``isa`` forces
+    ``"avx2"`` on an AVX-512 machine, for tests). Prefer ``linear``."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("the native CPU matmul is not available on this machine")
+    code = {"avx2": 1, "avx512": 2, None: lib[0]}[isa]
+    if code > lib[0]:
+        raise ValueError(f"this CPU does not support {isa}")
+    call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct((x2.shape[0], w.shape[0]), jnp.float32),
+                            vmap_method="sequential")
+    return call(x2, w, isa=np.int32(code))
+
+
+@jax.custom_vjp
+def _rows_matmul(x2, w):
+    return jax.lax.platform_dependent(x2, w, cpu=native_linear, default=_einsum)
+
+
+def _fwd(x2, w):
+    return _rows_matmul(x2, w), (x2, w)
+
+
+def _bwd(res, g):
+    x2, w = res
+    return g @ w, g.T @ x2
+
+
+_rows_matmul.defvjp(_fwd, _bwd)
+
+
+def linear(x, w):
+    """``x [..., in] @ w[out, in].T``: the native kernel for ≤ ``MAX_ROWS`` float32 rows on CPU."""
+    rows = 1
+    for n in x.shape[:-1]:
+        rows *= n
+    if (rows == 0 or rows > MAX_ROWS or x.dtype != jnp.float32 or w.dtype != jnp.float32
+            or _library() is None):
+        return _einsum(x, w)
+    return _rows_matmul(x.reshape(rows, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[0])
