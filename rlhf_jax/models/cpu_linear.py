@@ -74,10 +74,17 @@ def _library() -> tuple[int, str] | None:
         return None
     source = b"".join(p.read_bytes() for p in _SOURCES)
     key = hashlib.sha256(source + jaxlib.__version__.encode() + (os.environ.get("CXX") or "").encode())
-    path = _cache_dir() / f"cpu_linear-{key.hexdigest()[:16]}.so"
+    name = f"cpu_linear-{key.hexdigest()[:16]}.so"
     try:
+        path = _cache_dir() / name
         if not path.exists():
-            _compile(path)
+            log.info("building the native CPU matmul kernel (once): %s", path)
+            try:
+                _compile(path)
+            except OSError:  # cache dir not writable: build into the temp dir instead
+                path = Path(tempfile.gettempdir()) / f"rlhf_jax-{os.getuid()}" / name
+                if not path.exists():
+                    _compile(path)
         lib = ctypes.CDLL(str(path))
         isa = int(lib.rlhf_cpu_linear_isa())
         if isa == 0:
