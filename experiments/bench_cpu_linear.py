@@ -1,4 +1,4 @@
-"""Benchmark: the weight matmuls of one decode step, XLA:CPU's dot against ``models/cpu_linear``.
+"""Benchmark: the weight matmuls of one decode step, XLA:CPU's dot against ``models/cpu_kernels.linear``.
 
 A GPT-2-small decode step multiplies ``rows`` (= batch) activations by 12 layers of weights (qkv
 [2304, 768], out [768, 768], up [3072, 768], down [768, 3072]) and the tied LM head [50257, 768],
@@ -44,9 +44,9 @@ def main(argv=None):
     import jax.numpy as jnp
     import numpy as np
 
-    from rlhf_jax.models import cpu_linear
+    from rlhf_jax.models import cpu_kernels
 
-    isa = cpu_linear.native_isa()
+    isa = cpu_kernels.native_isa()
     print(f"jax {jax.__version__}; cores {os.cpu_count()}; native kernel: {isa or 'unavailable'}")
     if isa is None:
         return
@@ -69,7 +69,7 @@ def main(argv=None):
         return jax.jit(run)
 
     xla = chain(lambda x, w: jnp.einsum("mi,oi->mo", x, w))
-    native = chain(cpu_linear.native_linear)
+    native = chain(cpu_kernels.native_linear)
     for rows in [int(r) for r in args.rows.split(",")]:
         x = jnp.asarray(rng.standard_normal((rows, d), np.float32))
         diff = float(jnp.abs(xla(layers, head, x) - native(layers, head, x)).max())

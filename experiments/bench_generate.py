@@ -147,12 +147,12 @@ def main(argv=None):
     import jax
     import torch
 
-    from rlhf_jax.models import cpu_linear
+    from rlhf_jax.models import cpu_kernels
 
     torch.set_num_threads(args.threads)
     print(f"jax {jax.__version__} on {jax.devices()}; torch {torch.__version__} with "
           f"{torch.get_num_threads()} threads; cores {os.cpu_count()}; native decode matmul: "
-          f"{cpu_linear.native_isa() or 'unavailable'}", flush=True)
+          f"{cpu_kernels.native_isa() or 'unavailable'}", flush=True)
     for size in args.sizes:
         bench_size(size, args)
 

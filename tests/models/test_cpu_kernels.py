@@ -1,4 +1,4 @@
-"""The native few-row CPU matmul (models/cpu_linear.{py,cc}) against float64 references."""
+"""The native CPU decode kernels (models/cpu_kernels.{py,cc}) against float64 / pure-JAX references."""
 
 import os
 import platform
@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.models import cpu_linear
+from rlhf_jax.models import cpu_kernels
 
-ISA = cpu_linear.native_isa()
+ISA = cpu_kernels.native_isa()
 needs_kernel = pytest.mark.skipif(ISA is None, reason="native CPU matmul not available here")
 ISAS = ["avx2", "avx512"] if ISA == "avx512" else ["avx2"]
 
@@ -55,7 +55,7 @@ def test_kernel_matches_float64(isa, m, k, o):
     rng = np.random.default_rng(m * 1000 + k + o)
     x = rng.standard_normal((m, k), np.float32)
     w = rng.standard_normal((o, k), np.float32)
-    y = np.asarray(jax.jit(lambda a, b: cpu_linear.native_linear(a, b, isa))(x, w))
+    y = np.asarray(jax.jit(lambda a, b: cpu_kernels.native_linear(a, b, isa))(x, w))
     assert y.shape == (m, o)
     ref = _reference(x, w)
     # float32 accumulation over k terms of unit size: error grows like sqrt(k) * eps.
@@ -69,19 +69,19 @@ def test_linear_dispatch_matches_einsum(lead):
     rng = np.random.default_rng(len(lead))
     x = jnp.asarray(rng.standard_normal((*lead, 96), np.float32))
     w = jnp.asarray(rng.standard_normal((130, 96), np.float32))
-    y = jax.jit(cpu_linear.linear)(x, w)
+    y = jax.jit(cpu_kernels.linear)(x, w)
     assert y.shape == (*lead, 130)
     np.testing.assert_allclose(np.asarray(y), np.asarray(jnp.einsum("...i,oi->...o", x, w)), atol=2e-5)
-    uses_kernel = "rlhf_cpu_linear" in jax.jit(cpu_linear.linear).lower(x, w).as_text()
-    assert uses_kernel == (int(np.prod(lead)) <= cpu_linear.MAX_ROWS)
+    uses_kernel = "rlhf_cpu_linear" in jax.jit(cpu_kernels.linear).lower(x, w).as_text()
+    assert uses_kernel == (int(np.prod(lead)) <= cpu_kernels.MAX_ROWS)
 
 
 def test_other_dtypes_and_empty_use_einsum():
     x = jnp.ones((2, 8), jnp.bfloat16)
     w = jnp.ones((4, 8), jnp.bfloat16)
-    assert "rlhf_cpu_linear" not in jax.jit(cpu_linear.linear).lower(x, w).as_text()
-    assert cpu_linear.linear(x, w).dtype == jnp.bfloat16
-    assert cpu_linear.linear(jnp.ones((0, 8)), jnp.ones((4, 8))).shape == (0, 4)
+    assert "rlhf_cpu_linear" not in jax.jit(cpu_kernels.linear).lower(x, w).as_text()
+    assert cpu_kernels.linear(x, w).dtype == jnp.bfloat16
+    assert cpu_kernels.linear(jnp.ones((0, 8)), jnp.ones((4, 8))).shape == (0, 4)
 
 
 @needs_kernel
@@ -93,7 +93,7 @@ def test_gradients_equal_the_einsum_gradients():
     def loss(f):
         return lambda a, b: jnp.sum(jnp.sin(f(a, b)))
 
-    got = jax.grad(loss(cpu_linear.linear), argnums=(0, 1))(x, w)
+    got = jax.grad(loss(cpu_kernels.linear), argnums=(0, 1))(x, w)
     want = jax.grad(loss(lambda a, b: jnp.einsum("...i,oi->...o", a, b)), argnums=(0, 1))(x, w)
     for g, h in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(h), atol=1e-4)
@@ -104,7 +104,7 @@ def test_vmap_over_weights():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal((4, 24), np.float32))
     ws = jnp.asarray(rng.standard_normal((3, 50, 24), np.float32))
-    y = jax.jit(jax.vmap(cpu_linear.linear, in_axes=(None, 0)))(x, ws)
+    y = jax.jit(jax.vmap(cpu_kernels.linear, in_axes=(None, 0)))(x, ws)
     np.testing.assert_allclose(np.asarray(y), np.einsum("mi,boi->bmo", x, ws), atol=1e-5)
 
 
@@ -114,7 +114,7 @@ def test_concurrent_calls_from_two_threads():
     rng = np.random.default_rng(3)
     xs = [jnp.asarray(rng.standard_normal((8, 256), np.float32)) for _ in range(2)]
     w = jnp.asarray(rng.standard_normal((4096, 256), np.float32))
-    f = jax.jit(cpu_linear.linear)
+    f = jax.jit(cpu_kernels.linear)
     want = [_reference(x, w) for x in xs]
     errors = []
 
@@ -132,7 +132,7 @@ def test_concurrent_calls_from_two_threads():
 
 
 def test_disabled_by_environment_variable():
-    code = ("import jax.numpy as jnp; from rlhf_jax.models import cpu_linear as c; "
+    code = ("import jax.numpy as jnp; from rlhf_jax.models import cpu_kernels as c; "
             "import jax; x = jnp.ones((2, 8)); w = jnp.ones((4, 8)); "
             "assert c.native_isa() is None; "
             "assert 'rlhf_cpu_linear' not in jax.jit(c.linear).lower(x, w).as_text(); print('ok')")
@@ -144,6 +144,59 @@ def test_disabled_by_environment_variable():
 
 def test_failed_build_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
-    with pytest.raises(RuntimeError, match="false .*cpu_linear.cc.* failed"):
-        cpu_linear._compile(tmp_path / "k.so")
+    with pytest.raises(RuntimeError, match="false .*cpu_kernels.cc.* failed"):
+        cpu_kernels._compile(tmp_path / "k.so")
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
+
+
+def _attention_float64(q, k, v, allowed):
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    scores = np.einsum("bkgh,bksh->bkgs", q, k) / np.sqrt(q.shape[-1])
+    scores = np.where(np.asarray(allowed)[:, None, None, :], scores, -1e30)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    return np.einsum("bkgs,bksh->bkgh", p / p.sum(-1, keepdims=True), v)
+
+
+# (B, K, G, S, H): MHA and GQA, head dims with and without a vector tail (and below one vector),
+# one key, and sizes on both sides of the threading threshold.
+ATTN_SHAPES = [(1, 1, 1, 1, 8), (2, 2, 3, 7, 5), (8, 4, 1, 40, 16), (3, 2, 2, 33, 24),
+               (8, 12, 1, 96, 64), (2, 1, 4, 130, 128)]
+
+
+@needs_kernel
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("b,kh,g,s,h", ATTN_SHAPES)
+def test_decode_attention_matches_float64(isa, b, kh, g, s, h):
+    rng = np.random.default_rng(b * 100 + s + h)
+    q = rng.standard_normal((b, kh, g, h), np.float32)
+    k = rng.standard_normal((b, kh, s, h), np.float32)
+    v = rng.standard_normal((b, kh, s, h), np.float32)
+    allowed = rng.random((b, s)) < 0.7
+    allowed[0, :] = False  # a row with no allowed key: a uniform average, as in the XLA path
+    if b > 1:
+        allowed[1, :] = True
+    out = jax.jit(lambda *a: cpu_kernels.native_decode_attention(*a, isa=isa))(q, k, v, jnp.asarray(allowed))
+    want = _attention_float64(q, k, v, allowed)
+    np.testing.assert_allclose(np.asarray(out), want, atol=2e-5 * np.sqrt(h))
+    ref = cpu_kernels.attention_reference(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(allowed))
+    np.testing.assert_allclose(np.asarray(ref), want, atol=2e-5 * np.sqrt(h))
+
+
+@needs_kernel
+def test_decode_attention_dispatch_and_gradients():
+    rng = np.random.default_rng(7)
+    q, k, v = (jnp.asarray(rng.standard_normal(shape, np.float32))
+               for shape in [(2, 2, 2, 8), (2, 2, 9, 8), (2, 2, 9, 8)])
+    allowed = jnp.asarray(rng.random((2, 9)) < 0.8)
+    text = jax.jit(cpu_kernels.decode_attention).lower(q, k, v, allowed).as_text()
+    assert "rlhf_cpu_decode_attention" in text
+    bf = [a.astype(jnp.bfloat16) for a in (q, k, v)]
+    assert "rlhf_cpu_decode_attention" not in jax.jit(cpu_kernels.decode_attention).lower(*bf, allowed).as_text()
+
+    def loss(f):
+        return lambda a, b, c: jnp.sum(jnp.cos(f(a, b, c, allowed)))
+
+    got = jax.grad(loss(cpu_kernels.decode_attention), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(cpu_kernels.attention_reference), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

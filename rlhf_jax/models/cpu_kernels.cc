@@ -1,19 +1,21 @@
-// y[m, o] = sum_k x[m, k] * w[o, k] for a few rows of x (a decode step), float32, on x86-64 CPUs.
+// Native float32 kernels for the decode step of the sampler on x86-64 CPUs, as XLA FFI targets:
 //
-// Why this exists: a decode step multiplies B (≈1–16) rows by every weight of the model. That is
-// neither a GEMM nor memory-bound: at B=8 each weight byte feeds 4 FLOPs, so the step needs both
-// the memory stream and the FMA units busy at once. XLA:CPU's dot runs them one after the other
-// (time(M=8) ≈ time(M=1) + compute), ≈64 GFLOP/s on 2 cores for GPT-2-small. This kernel
-// software-prefetches the next block of weight rows while it multiplies the current one, reaching
-// ≈100 GFLOP/s on the same chain (experiments/bench_generate.py has the end-to-end figures).
+// "rlhf_cpu_linear": y[m, o] = sum_k x[m, k] * w[o, k] for a few rows of x (cpu_kernels_linear.inc).
+//   A decode step multiplies B (≈1–16) rows by every weight of the model. That is neither a GEMM
+//   nor memory-bound: at B=8 each weight byte feeds 4 FLOPs, so the step needs the memory stream
+//   and the FMA units busy at once. XLA:CPU's dot runs them one after the other (time(M=8) ≈
+//   time(M=1) + compute): ≈65 GFLOP/s on 2 cores for GPT-2-small. This kernel software-prefetches
+//   the next block of weight rows while it multiplies the current one: ≈100 GFLOP/s on the same
+//   chain (experiments/bench_cpu_linear.py). Layout: x [M, K] and w [O, K] row-major (w is
+//   output-major, like torch Linear), y [M, O]; R weight rows × up to 8 x rows of accumulators stay
+//   in registers; K is vectorised with masked tails; rows of w are split between threads.
 //
-// Layout: x [M, K] and w [O, K] row-major (w is stored output-major, like torch Linear), y [M, O].
-// Each block of R weight rows is streamed once per 8 rows of x; R×MB accumulators stay in
-// registers; K is vectorised (tails masked). Rows of w are split between worker threads that spin
-// briefly between calls, since a decode step issues ≈50 of these back to back.
+// "rlhf_cpu_decode_attention": softmax(q·kᵀ·scale, masked) v for one query position per row
+//   (cpu_kernels_attention.inc). XLA runs it as two batched dots plus mask and softmax ops, whose
+//   fixed costs dominate at decode sizes and grow the step with the cache length.
 //
-// Built on first use by rlhf_jax/models/cpu_linear.py (g++ -O3, no -march: the ISA is chosen at
-// run time, AVX-512 or AVX2+FMA), registered as the XLA FFI target "rlhf_cpu_linear".
+// Built on first use by rlhf_jax/models/cpu_kernels.py (g++ -O3, no -march: the instruction set,
+// AVX-512 or AVX2+FMA, is chosen at run time).
 
 #include <immintrin.h>
 #include <sched.h>
@@ -22,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -34,7 +37,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// The kernel (cpu_linear_kernel.inc) is compiled twice, once per instruction set, each copy in its
+// The kernel (cpu_kernels_linear.inc) is compiled twice, once per instruction set, each copy in its
 // own namespace under `#pragma GCC target`, so AVX-512 code never runs on an AVX2-only CPU.
 #pragma GCC push_options
 #pragma GCC target("avx512f")
@@ -48,10 +51,13 @@ struct S {
   static V load_first(const float* p, int n) {  // p[0..n), zeros after
     return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1), p);
   }
+  static V splat(float c) { return _mm512_set1_ps(c); }
+  static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static float sum(V v) { return _mm512_reduce_add_ps(v); }
 };
-#include "cpu_linear_kernel.inc"
+#include "cpu_kernels_linear.inc"
+#include "cpu_kernels_attention.inc"
 }  // namespace avx512
 #pragma GCC pop_options
 
@@ -68,6 +74,8 @@ struct S {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane));
   }
+  static V splat(float c) { return _mm256_set1_ps(c); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   static V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
   static float sum(V v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -76,7 +84,8 @@ struct S {
     return _mm_cvtss_f32(s);
   }
 };
-#include "cpu_linear_kernel.inc"
+#include "cpu_kernels_linear.inc"
+#include "cpu_kernels_attention.inc"
 }  // namespace avx2
 #pragma GCC pop_options
 
@@ -146,6 +155,29 @@ SpinPool* GetPool(int threads) {
   return pool;
 }
 
+// Runs body(a, b) over [0, n) split into `parts` ranges (rounded to `align`) on the worker pool,
+// or all of it on this thread when parts is 1 or another call holds the pool.
+template <class F>
+void Split(int64_t n, int64_t parts, int64_t align, int64_t threads, const F& body) {
+  if (parts <= 1) {
+    body(0, n);
+    return;
+  }
+  SpinPool* pool = GetPool(static_cast<int>(threads));
+  parts = std::min<int64_t>(parts, pool->size());
+  const int64_t chunk = ((n + parts - 1) / parts + align - 1) / align * align;
+  const std::function<void(int)> part = [&](int i) {
+    const int64_t a = std::min(n, i * chunk), b = std::min(n, a + chunk);
+    if (a < b) body(a, b);
+  };
+  if (!pool->TryRun(part)) body(0, n);
+}
+
+// As many threads as XLA's intra-op pool (it respects the process's CPU affinity).
+int64_t Threads(ffi::ThreadPool& xla_pool) {
+  return std::min<int64_t>(std::max<int64_t>(1, xla_pool.num_threads()), 64);
+}
+
 ffi::Error Linear(ffi::ThreadPool xla_pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                   ffi::ResultBuffer<ffi::F32> y, int32_t isa) {
   if (x.dimensions().size() != 2 || w.dimensions().size() != 2 || x.dimensions()[1] != w.dimensions()[1])
@@ -156,29 +188,45 @@ ffi::Error Linear(ffi::ThreadPool xla_pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   float* yp = y->typed_data();
   if (M == 0 || O == 0) return ffi::Error::Success();
   const auto rows = isa == 2 ? avx512::Rows : avx2::Rows;
-  // As many threads as XLA's intra-op pool (it respects the process's CPU affinity), each streaming
-  // at least 2^18 weights (1 MB): below that, waking a thread costs more than it saves.
-  const int64_t threads = std::min<int64_t>(std::max<int64_t>(1, xla_pool.num_threads()), 64);
+  // Each thread streams at least 2^18 weights (1 MB): below that, waking one costs more than it saves.
+  const int64_t threads = Threads(xla_pool);
   const int64_t parts = std::min<int64_t>(threads, std::max<int64_t>(1, O * K >> 18));
-  if (parts <= 1) {
-    rows(xp, wp, yp, M, K, O, 0, O);
-    return ffi::Error::Success();
-  }
-  SpinPool* pool = GetPool(static_cast<int>(threads));
-  const int64_t n = pool->size();
-  const int64_t chunk = ((O + n - 1) / n + 7) / 8 * 8;
-  const std::function<void(int)> part = [&](int i) {
-    const int64_t a = std::min(O, i * chunk), b = std::min(O, a + chunk);
-    if (a < b) rows(xp, wp, yp, M, K, O, a, b);
-  };
-  if (!pool->TryRun(part)) rows(xp, wp, yp, M, K, O, 0, O);
+  Split(O, parts, 8, threads, [&](int64_t a, int64_t b) { rows(xp, wp, yp, M, K, O, a, b); });
+  return ffi::Error::Success();
+}
+
+ffi::Error Attention(ffi::ThreadPool xla_pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> key,
+                     ffi::Buffer<ffi::F32> value, ffi::Buffer<ffi::F32> allowed,
+                     ffi::ResultBuffer<ffi::F32> out, float scale, int32_t isa) {
+  const auto qd = q.dimensions(), kd = key.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || value.dimensions().size() != 4 || allowed.dimensions().size() != 2 ||
+      kd[0] != qd[0] || kd[1] != qd[1] || kd[3] != qd[3] || allowed.dimensions()[0] != qd[0] ||
+      allowed.dimensions()[1] != kd[2])
+    return ffi::Error::InvalidArgument(
+        "rlhf_cpu_decode_attention: expected q [B, K, G, H], key/value [B, K, S, H], allowed [B, S]");
+  const int64_t B = qd[0], K = qd[1], G = qd[2], H = qd[3], Sn = kd[2];
+  if (B * K * G * H == 0) return ffi::Error::Success();
+  const auto pairs = isa == 2 ? avx512::AttentionPairs : avx2::AttentionPairs;
+  const float* qp = q.typed_data();
+  const float* kp = key.typed_data();
+  const float* vp = value.typed_data();
+  const float* ap = allowed.typed_data();
+  float* op = out->typed_data();
+  // Threads once the keys and values read reach 2^16 floats per thread.
+  const int64_t threads = Threads(xla_pool);
+  const int64_t parts = std::min<int64_t>(threads, std::max<int64_t>(1, B * K * Sn * H >> 16));
+  Split(B * K, parts, 1, threads, [&](int64_t a, int64_t b) {
+    thread_local std::vector<float> scratch;
+    if (scratch.size() < static_cast<size_t>(G * Sn)) scratch.resize(G * Sn);
+    pairs(qp, kp, vp, ap, op, K, G, Sn, H, scale, a, b, scratch.data());
+  });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-// 2: AVX-512F, 1: AVX2 + FMA, 0: neither (the Python side then never calls the kernel).
-extern "C" int rlhf_cpu_linear_isa() {
+// 2: AVX-512F, 1: AVX2 + FMA, 0: neither (the Python side then never calls the kernels).
+extern "C" int rlhf_cpu_kernels_isa() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f")) return 2;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
@@ -191,4 +239,15 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(RlhfCpuLinear, Linear,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("isa"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RlhfCpuDecodeAttention, Attention,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
                                   .Attr<int32_t>("isa"));
