@@ -42,7 +42,7 @@ MAX_ROWS = 16
 
 _SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 _SOURCES = (_SOURCE, _SOURCE.with_name("cpu_kernels_linear.inc"),  # what the build depends on
-            _SOURCE.with_name("cpu_kernels_attention.inc"))
+            _SOURCE.with_name("cpu_kernels_attention.inc"), _SOURCE.with_name("cpu_kernels_exp.inc"))
 ISA_NAMES = {1: "avx2", 2: "avx512"}
 
 

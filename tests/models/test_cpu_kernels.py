@@ -168,7 +168,7 @@ ATTN_SHAPES = [(1, 1, 1, 1, 8), (2, 2, 3, 7, 5), (8, 4, 1, 40, 16), (3, 2, 2, 33
 @pytest.mark.parametrize("b,kh,g,s,h", ATTN_SHAPES)
 def test_decode_attention_matches_float64(isa, b, kh, g, s, h):
     rng = np.random.default_rng(b * 100 + s + h)
-    q = rng.standard_normal((b, kh, g, h), np.float32)
+    q = rng.standard_normal((b, kh, g, h), np.float32) * (1 + s % 5)  # some peaked softmaxes
     k = rng.standard_normal((b, kh, s, h), np.float32)
     v = rng.standard_normal((b, kh, s, h), np.float32)
     allowed = rng.random((b, s)) < 0.7
