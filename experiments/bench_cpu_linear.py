@@ -1,10 +1,13 @@
-"""Benchmark: the weight matmuls of one decode step, XLA:CPU's dot against ``models/cpu_kernels.linear``.
+"""Benchmark: a decode step's matmuls and attention, XLA:CPU against ``models/cpu_kernels``.
 
-A GPT-2-small decode step multiplies ``rows`` (= batch) activations by 12 layers of weights (qkv
-[2304, 768], out [768, 768], up [3072, 768], down [768, 3072]) and the tied LM head [50257, 768],
-each depending on the one before. This runs that chain with the einsum XLA uses everywhere else and
-with the native kernel, same inputs, and prints both times, the GFLOP/s, the weight bytes streamed
-per second and the ratio, at several row counts (the kernel is used up to ``MAX_ROWS``).
+Matmuls: a GPT-2-small decode step multiplies ``rows`` (= batch) activations by 12 layers of
+weights (qkv [2304, 768], out [768, 768], up [3072, 768], down [768, 3072]) and the tied LM head
+[50257, 768], each depending on the one before. This runs that chain with the einsum XLA uses
+everywhere else and with the native kernel, same inputs, and prints both times, the GFLOP/s, the
+weight bytes streamed per second and the ratio, at several row counts (the kernel is used up to
+``MAX_ROWS``). Attention: one decode position against caches of several lengths, at the tiny test
+model's and GPT-2-small's head shapes, pure JAX against the native kernel (12 chained calls, minus
+the time of the same chain without attention).
 
     python experiments/bench_cpu_linear.py --rows 1,4,8,16,32
 """
@@ -80,6 +83,28 @@ def main(argv=None):
               f"{4 * n_params / t_xla / 1e9:4.1f} GB/s) | native {t_nat * 1e3:7.2f} ms "
               f"({flops / t_nat / 1e9:5.1f} GFLOP/s, {4 * n_params / t_nat / 1e9:4.1f} GB/s) | "
               f"speed-up {t_xla / t_nat:4.2f}x | max |diff| {diff:.1e}", flush=True)
+
+    def attention_chain(attend):
+        def run(q, k, v, allowed):
+            for _ in range(12):
+                q = q + 1e-3 * attend(q, k, v, allowed)
+            return q
+        return jax.jit(run)
+
+    plain = attention_chain(lambda q, k, v, allowed: q)
+    xla_attn = attention_chain(cpu_kernels.attention_reference)
+    native_attn = attention_chain(cpu_kernels.native_decode_attention)
+    for name, (b, kh, g, h) in {"tiny": (8, 4, 1, 16), "gpt2-small": (8, 12, 1, 64)}.items():
+        for s in (64, 160):
+            q = jnp.asarray(rng.standard_normal((b, kh, g, h), np.float32))
+            k, v = (jnp.asarray(rng.standard_normal((b, kh, s, h), np.float32)) for _ in range(2))
+            allowed = jnp.asarray(rng.random((b, s)) < 0.9)
+            base = best_time(plain, q, k, v, allowed, repeats=5 * args.repeats)
+            t_xla = (best_time(xla_attn, q, k, v, allowed, repeats=5 * args.repeats) - base) / 12
+            t_nat = (best_time(native_attn, q, k, v, allowed, repeats=5 * args.repeats) - base) / 12
+            print(f"attention {name:10s} B={b} heads={kh} head_dim={h} cache {s:3d} | XLA "
+                  f"{t_xla * 1e6:6.1f} us | native {t_nat * 1e6:6.1f} us | speed-up {t_xla / t_nat:4.2f}x",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ Queries, keys and values are one kernel, grouped by KV head: for KV head ``k``, 
 its ``G`` query heads (query head ``n = k*G + g``), row ``G`` its key and row ``G+1`` its value. One
 matmul instead of three (each call has a fixed cost that dominates small decode matmuls), and the
 ``kv_heads`` axis still shards q, k and v consistently. Every weight matmul goes through
-``cpu_kernels.linear``: ``jnp.einsum``, except for the few-row float32 matmuls of a decode step on
-CPU, which take a native kernel (≈1.5x XLA's dot there; ``experiments/bench_cpu_linear.py``).
+``cpu_kernels.linear`` and a decode step's attention through ``cpu_kernels.decode_attention``: plain
+JAX, except for float32 decode steps on x86-64 CPUs, which take native kernels (matmuls ≈1.5x and
+attention ≈2x XLA:CPU's there; ``experiments/bench_cpu_linear.py``).
 
 Einsum letters: B batch, T query positions, S key positions, D model, N query heads, K kv heads,
 G query heads per kv head, H head dim, F mlp, V vocab.
