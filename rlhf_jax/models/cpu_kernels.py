@@ -11,10 +11,11 @@ Everything else (more rows, other dtypes, GPU/TPU) runs the pure-JAX version, an
 do (``custom_vjp``). Results equal the pure-JAX ones up to float32 summation order (``cpu_kernels.cc``
 for the kernels; ``tests/models/test_cpu_kernels.py`` for the checks).
 
-The kernel is compiled with the system's C++ compiler on first use (≈3 s) and cached under
-``$RLHF_JAX_CACHE_DIR`` (default ``~/.cache/rlhf_jax``), keyed by a hash of its source, the jaxlib
-version and the compiler. With no compiler, a CPU without AVX2+FMA, or ``RLHF_JAX_NATIVE=0``, it is
-never used and nothing else changes. Results equal the einsum's up to float32 summation order.
+The kernels are compiled with the system's C++ compiler on first use (≈6 s) and cached under
+``$RLHF_JAX_CACHE_DIR`` (default ``~/.cache/rlhf_jax``; the temp dir if that is not writable), keyed
+by a hash of their sources, the jaxlib version and ``$CXX``. With no compiler, a CPU without
+AVX2+FMA, or ``RLHF_JAX_NATIVE=0``, they are never used (a failed build logs one warning) and
+nothing else changes.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def _compile(out: Path) -> None:
 
 @functools.cache
 def _library() -> tuple[int, str] | None:
-    """Build (once), load and register the kernel; ``(isa, path)``, or None when unavailable."""
+    """Build (once), load and register the kernels; ``(isa, path)``, or None when unavailable."""
     if os.environ.get("RLHF_JAX_NATIVE", "1") == "0":
         return None
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
@@ -97,7 +98,7 @@ def _library() -> tuple[int, str] | None:
         jax.ffi.register_ffi_target("rlhf_cpu_linear", jax.ffi.pycapsule(lib.RlhfCpuLinear), platform="cpu")
         jax.ffi.register_ffi_target("rlhf_cpu_decode_attention", jax.ffi.pycapsule(lib.RlhfCpuDecodeAttention),
                                     platform="cpu")
-    except Exception as e:  # noqa: BLE001 — any failure means "use XLA's dot", said once
+    except Exception as e:  # noqa: BLE001 — any failure means "use pure JAX", said once
         log.warning("native CPU kernels unavailable, using the pure-JAX versions: %s", e)
         return None
     return isa, str(path)
