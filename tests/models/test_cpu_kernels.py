@@ -200,3 +200,20 @@ def test_decode_attention_dispatch_and_gradients():
     want = jax.grad(loss(cpu_kernels.attention_reference), argnums=(0, 1, 2))(q, k, v)
     for a, b in zip(got, want):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_model_decode_step_uses_the_kernels_and_prefill_does_not(preset):
+    from rlhf_jax.models import forward, get_preset, init_cache, init_params
+
+    cfg = get_preset(preset)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    cache = init_cache(cfg, 2, 16)
+    step = jax.jit(lambda p, ids, mask, c: forward(cfg, p, ids, mask, c)[0])
+    one = jnp.ones((2, 1), jnp.int32)
+    decode = step.lower(params, one, one, cache).as_text()
+    assert "rlhf_cpu_linear" in decode and "rlhf_cpu_decode_attention" in decode
+    many = jnp.ones((2, 12), jnp.int32)  # 24 rows, several query positions: XLA's own ops
+    prefill = step.lower(params, many, many, cache).as_text()
+    assert "rlhf_cpu_linear" not in prefill and "rlhf_cpu_decode_attention" not in prefill
