@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from experiments.benchtools import best_time  # noqa: E402
 
 
 def sort_top_p(logits, p):
@@ -38,18 +38,6 @@ def lax_top_k(logits, k):
 
     kth = jax.lax.top_k(logits, k)[0][..., -1:]
     return jnp.where(logits >= kth, logits, -jnp.inf)
-
-
-def best_time(fn, *args, repeats):
-    import jax
-
-    jax.block_until_ready(fn(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main(argv=None):
