@@ -81,12 +81,12 @@ def main(argv=None):
 
     plain = attention_chain(lambda q, k, v, allowed: q)
     xla_attn = attention_chain(cpu_kernels.attention_reference)
-    native_attn = attention_chain(cpu_kernels.native_decode_attention)
+    native_attn = attention_chain(cpu_kernels.attention)
     for name, (b, kh, g, h) in {"tiny": (8, 4, 1, 16), "gpt2-small": (8, 12, 1, 64)}.items():
         for s in (64, 160):
-            q = jnp.asarray(rng.standard_normal((b, kh, g, h), np.float32))
+            q = jnp.asarray(rng.standard_normal((b, 1, kh, g, h), np.float32))  # one query position
             k, v = (jnp.asarray(rng.standard_normal((b, kh, s, h), np.float32)) for _ in range(2))
-            allowed = jnp.asarray(rng.random((b, s)) < 0.9)
+            allowed = jnp.asarray(rng.random((b, 1, s)) < 0.9)
             base = best_time(plain, q, k, v, allowed, repeats=5 * args.repeats)
             t_xla = (best_time(xla_attn, q, k, v, allowed, repeats=5 * args.repeats) - base) / 12
             t_nat = (best_time(native_attn, q, k, v, allowed, repeats=5 * args.repeats) - base) / 12

@@ -18,7 +18,6 @@
 // AVX-512 or AVX2+FMA, is chosen at run time).
 
 #include <immintrin.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>

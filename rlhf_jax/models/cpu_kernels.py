@@ -4,8 +4,9 @@
   ``MAX_ROWS`` float32 rows on CPU it calls the XLA FFI target ``rlhf_cpu_linear``: a kernel that
   prefetches the next weight rows while multiplying the current ones, ≈1.5x XLA:CPU's dot on a
   GPT-2-small decode step (``experiments/bench_cpu_linear.py``).
-- ``decode_attention(q, k, v, allowed)``: one query position per row against a KV cache, as one
-  call (``rlhf_cpu_decode_attention``) instead of two batched dots and the mask/softmax ops.
+- ``attention(q, k, v, allowed)``: the model's masked softmax attention. A decode step (one query
+  position per row against the KV cache) is one call (``rlhf_cpu_decode_attention``) instead of
+  two batched dots and the mask/softmax ops.
 
 Everything else (more rows, other dtypes, GPU/TPU) runs the pure-JAX version, and gradients always
 do (``custom_vjp``). Results equal the pure-JAX ones up to float32 summation order (``cpu_kernels.cc``
@@ -161,21 +162,28 @@ def linear(x, w):
     return _rows_matmul(x.reshape(rows, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[0])
 
 
-_NEG = -1e30  # the model's finite "minus infinity": a row with no allowed key averages all values
+_NEG = -1e30  # finite "minus infinity": a row with no allowed key averages all values, never NaN
 
 
 def attention_reference(q, k, v, allowed):
-    """softmax(q·kᵀ/√H over allowed keys) v. q ``[B, K, G, H]`` (G query heads per KV head), k and v
-    ``[B, K, S, H]``, allowed ``[B, S]`` (bool) → ``[B, K, G, H]``, computed in float32."""
+    """softmax(q·kᵀ/√H over allowed keys) v in plain JAX. q ``[B, T, K, G, H]`` (G query heads per KV
+    head), k and v ``[B, K, S, H]``, allowed ``[B, T, S]`` (bool) → ``[B, T, K, G, H]``; scores and
+    softmax in float32."""
     h = q.shape[-1]
-    scores = jnp.einsum("BKGH,BKSH->BKGS", q, k).astype(jnp.float32) / jnp.sqrt(h).astype(jnp.float32)
-    scores = jnp.where(allowed[:, None, None, :], scores, _NEG)
+    scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k).astype(jnp.float32) / jnp.sqrt(h).astype(jnp.float32)
+    scores = jnp.where(allowed[:, None, None], scores, _NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("BKGS,BKSH->BKGH", probs, v)
+    return jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
+
+
+def _one_position_reference(q, k, v, allowed):
+    """``attention_reference`` for one query position: q ``[B, K, G, H]``, allowed ``[B, S]``."""
+    return attention_reference(q[:, None], k, v, allowed[:, None])[:, 0]
 
 
 def native_decode_attention(q, k, v, allowed, isa: str | None = None):
-    """The attention kernel itself (CPU only; ``isa`` as in ``native_linear``)."""
+    """The attention kernel itself, for one query position: q ``[B, K, G, H]``, k and v
+    ``[B, K, S, H]``, allowed ``[B, S]`` (CPU only; ``isa`` as in ``native_linear``)."""
     code = _isa_code(isa)
     call = jax.ffi.ffi_call("rlhf_cpu_decode_attention", jax.ShapeDtypeStruct(q.shape, jnp.float32),
                             vmap_method="sequential")
@@ -186,7 +194,7 @@ def native_decode_attention(q, k, v, allowed, isa: str | None = None):
 @jax.custom_vjp
 def _decode_attention(q, k, v, allowed):
     return jax.lax.platform_dependent(q, k, v, allowed, cpu=native_decode_attention,
-                                      default=attention_reference)
+                                      default=_one_position_reference)
 
 
 def _attn_fwd(q, k, v, allowed):
@@ -195,15 +203,17 @@ def _attn_fwd(q, k, v, allowed):
 
 def _attn_bwd(res, g):
     q, k, v, allowed = res
-    _, pullback = jax.vjp(lambda a, b, c: attention_reference(a, b, c, allowed), q, k, v)
+    _, pullback = jax.vjp(lambda a, b, c: _one_position_reference(a, b, c, allowed), q, k, v)
     return (*pullback(g), None)
 
 
 _decode_attention.defvjp(_attn_fwd, _attn_bwd)
 
 
-def decode_attention(q, k, v, allowed):
-    """``attention_reference``, through the native kernel for float32 on CPU when it is available."""
-    if not (q.dtype == k.dtype == v.dtype == jnp.float32) or q.size == 0 or _library() is None:
+def attention(q, k, v, allowed):
+    """``attention_reference``; a decode step (one query position, float32) on CPU runs the native
+    kernel when it is available."""
+    if (q.shape[1] != 1 or not (q.dtype == k.dtype == v.dtype == jnp.float32) or q.size == 0
+            or _library() is None):
         return attention_reference(q, k, v, allowed)
-    return _decode_attention(q, k, v, allowed)
+    return _decode_attention(q[:, 0], k, v, allowed[:, 0])[:, None]

@@ -22,7 +22,7 @@ Queries, keys and values are one kernel, grouped by KV head: for KV head ``k``, 
 its ``G`` query heads (query head ``n = k*G + g``), row ``G`` its key and row ``G+1`` its value. One
 matmul instead of three (each call has a fixed cost that dominates small decode matmuls), and the
 ``kv_heads`` axis still shards q, k and v consistently. Every weight matmul goes through
-``cpu_kernels.linear`` and a decode step's attention through ``cpu_kernels.decode_attention``: plain
+``cpu_kernels.linear`` and attention through ``cpu_kernels.attention``: plain
 JAX, except for float32 decode steps on x86-64 CPUs, which take native kernels (matmuls ≈1.5x and
 attention ≈2x XLA:CPU's there; ``experiments/bench_cpu_linear.py``).
 
@@ -39,10 +39,9 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.config import TransformerConfig
-from rlhf_jax.models.cpu_kernels import decode_attention, linear
+from rlhf_jax.models.cpu_kernels import attention, linear
 
 Array = jax.Array
-_NEG = -1e30  # finite "minus infinity": fully masked rows give a uniform softmax, never NaN
 
 
 def _param(module, name, init, shape, axes, dtype):
@@ -124,13 +123,7 @@ class Attention(nn.Module):
         q_pos = q_offset + jnp.arange(T)
         causal = jnp.arange(S)[None, :] <= q_pos[:, None]  # [T, S]
         allowed = causal[None, :, :] & (key_mask[:, None, :] > 0)  # [B, T, S]
-        if T == 1:  # a decode step: one fused call (a native kernel on CPU), same maths as below
-            out = decode_attention(qg[:, 0], k, v, allowed[:, 0]).reshape(B, T, N, H)
-        else:
-            scores = jnp.einsum("BTKGH,BKSH->BKGTS", qg, k).astype(jnp.float32) / jnp.sqrt(H).astype(jnp.float32)
-            scores = jnp.where(allowed[:, None, None], scores, _NEG)
-            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-            out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v).reshape(B, T, N, H)
+        out = attention(qg, k, v, allowed).reshape(B, T, N, H)
         wo = _param(self, "o_kernel", init, (D, N, H), ("embed", "heads", "head_dim"), pdt)
         y = linear(out.reshape(B, T, N * H), wo.reshape(D, N * H).astype(dt))
         if cfg.out_bias:
