@@ -1,12 +1,17 @@
-"""Rollout: sample → score → reference logprobs → KL-penalised rewards → advantages.
+"""Rollout in two parts: the critic-free part every on-policy algorithm shares, and PPO's own part.
 
-Everything is a pure function of arrays, traced into the jitted PPO iteration. Layout: prompts are
-left-padded to P tokens, responses are the N new tokens, so a sequence is ``[B, P + N]`` and the
-logits at positions ``P−1 … P+N−2`` predict the response tokens.
+Everything is a pure function of arrays, traced into an algorithm's jitted iteration. Layout:
+prompts are left-padded to P tokens, responses are the N new tokens, so a sequence is
+``[B, P + N]`` and the logits at positions ``P−1 … P+N−2`` predict the response tokens.
 
-Per-token reward (Ziegler et al. 2019; Stiennon et al. 2020):
-``R_t = −β·kl_t`` plus the normalised, clipped reward-model score at the last response token;
-a response with no EOS gets the fixed ``no_eos_penalty`` score instead (RLHF_NOTES).
+1. :func:`make_sampler` — sample → reward-model score (normalised ``gain·r + bias``, a fixed
+   ``no_eos_penalty`` score for a response without EOS, clipped to ±``reward_clip``) → reference
+   logprobs → per-token log-ratio ``log π − log π_ref``. The behaviour logprobs are the sampler's own
+   (``log_softmax(logits / T)[y_t]`` of the cached decode, the same maths as a full forward) unless
+   ``recompute_logprobs`` asks for a full forward.
+2. :func:`ppo_targets` — per-token reward ``R_t = −β·kl_t`` plus the score at the last response
+   token (Ziegler et al. 2019; Stiennon et al. 2020), optional reward whitening, GAE, whitened
+   advantages.
 """
 
 from __future__ import annotations
@@ -24,17 +29,13 @@ from rlhf_jax.sampling import generate
 
 
 @flax.struct.dataclass
-class Rollout:
+class Samples:
     sequences: jax.Array      # [B, P+N]
     sequence_mask: jax.Array  # [B, P+N]
     tokens: jax.Array         # [B, N]
     mask: jax.Array           # [B, N]
-    logprobs: jax.Array       # [B, N] behaviour policy (temperature-scaled, full forward)
-    ref_logprobs: jax.Array   # [B, N]
-    values: jax.Array         # [B, N]
-    rewards: jax.Array        # [B, N]
-    advantages: jax.Array     # [B, N] whitened
-    returns: jax.Array        # [B, N]
+    logprobs: jax.Array       # [B, N] behaviour policy, temperature-scaled (0 on padding)
+    ref_logprobs: jax.Array   # [B, N] reference policy, same temperature (0 on padding)
     scores: jax.Array         # [B] normalised score (after EOS penalty and clipping)
 
 
@@ -61,57 +62,69 @@ def score_responses(rm_cfg, rm_params, norm, sequences, sequence_mask, tokens, m
     return jnp.clip(score, -clip, clip), raw, has_eos
 
 
-def make_rollout(*, cfg, critic_cfg, rm_cfg, max_new_tokens: int, eos_id: int, pad_id: int,
-                 kl_estimator: str, whiten_rewards: bool, shared_critic: bool):
-    """Build ``rollout(policy_params, critic_params, ref_params, rm_params, norm, prompts, mask,
-    rng, beta, hp) -> (Rollout, metrics)`` (pure; jit it as part of the PPO iteration)."""
+def make_sampler(*, cfg, rm_cfg, max_new_tokens: int, eos_id: int, pad_id: int,
+                 recompute_logprobs: bool = False):
+    """Build ``sample(policy_params, frozen, prompt_ids, prompt_mask, rng, hp) -> (Samples, metrics)``.
 
-    def rollout(policy_params, critic_params, ref_params, rm_params, norm, prompt_ids, prompt_mask,
-                rng, beta, hp):
+    ``frozen`` holds ``ref`` (reference params), ``rm`` (reward-model params) and ``norm``
+    (``gain``/``bias``). Metrics: ``objective/scores``, ``objective/raw_scores``, ``objective/kl``
+    (mean of Σ_t log π − log π_ref), ``objective/kl_k3``, ``objective/entropy`` (mean of −Σ_t log π,
+    a sample estimate of the sequence entropy), ``response/length``, ``response/eos_rate``.
+    """
+
+    def sample(policy_params, frozen, prompt_ids, prompt_mask, rng, hp):
         P = prompt_ids.shape[1]
         out = generate(cfg, policy_params, prompt_ids, prompt_mask, rng=rng,
                        max_new_tokens=max_new_tokens, temperature=hp["temperature"],
                        eos_id=eos_id, pad_id=pad_id)
         seq, seq_mask, tokens, mask = out.sequences, out.sequence_mask, out.tokens, out.mask
         maskf = mask.astype(jnp.float32)
-
-        pol_logits, pol_hidden = response_logits(cfg, policy_params, seq, seq_mask, P)
-        logp = token_logprobs(pol_logits, tokens, hp["temperature"]) * maskf
-        ref_logits, _ = response_logits(cfg, ref_params, seq, seq_mask, P)
-        ref_logp = token_logprobs(ref_logits, tokens, hp["temperature"]) * maskf
-        if shared_critic:
-            values = token_scalars(critic_params["head"], pol_hidden)
+        if recompute_logprobs:
+            pol_logits, _ = response_logits(cfg, policy_params, seq, seq_mask, P)
+            logp = token_logprobs(pol_logits, tokens, hp["temperature"]) * maskf
         else:
-            values = critic_values(critic_cfg, critic_params, seq, seq_mask, P)
-        values = values * maskf
-
-        score, raw, has_eos = score_responses(rm_cfg, rm_params, norm, seq, seq_mask, tokens, mask,
-                                              eos_id, hp)
-        rewards, kl = kl_penalized_rewards(score, logp, ref_logp, maskf, beta, estimator=kl_estimator)
-        if whiten_rewards:
-            rewards = masked_whiten(rewards, maskf, shift_mean=False)
-        adv, returns = gae(rewards, values, maskf, hp["gamma"], hp["lam"])
-        adv = masked_whiten(adv, maskf)
-
+            logp = out.logprobs * maskf
+        ref_logits, _ = response_logits(cfg, frozen["ref"], seq, seq_mask, P)
+        ref_logp = token_logprobs(ref_logits, tokens, hp["temperature"]) * maskf
+        score, raw, has_eos = score_responses(rm_cfg, frozen["rm"], frozen["norm"], seq, seq_mask,
+                                              tokens, mask, eos_id, hp)
         log_ratio = (logp - ref_logp) * maskf
-        seq_kl = log_ratio.sum(-1)
-        lengths = maskf.sum(-1)
         metrics = {
-            "objective/kl": seq_kl.mean(),
-            "objective/kl_k3": (jnp.expm1(-log_ratio) + log_ratio).sum(-1).mean(),
+            "objective/kl": log_ratio.sum(-1).mean(),
+            "objective/kl_k3": ((jnp.expm1(-log_ratio) + log_ratio) * maskf).sum(-1).mean(),
             "objective/scores": score.mean(),
             "objective/raw_scores": raw.mean(),
-            "objective/rlhf_reward": (score - beta * seq_kl).mean(),
             "objective/entropy": (-logp).sum(-1).mean(),
-            "objective/kl_coef": beta,
-            "val/value_mean": masked_mean(values, maskf),
-            "val/vf_explained_var": explained_variance(values, returns, maskf),
-            "response/length": lengths.mean(),
+            "response/length": maskf.sum(-1).mean(),
             "response/eos_rate": has_eos.mean(),
         }
-        ro = Rollout(sequences=seq, sequence_mask=seq_mask, tokens=tokens, mask=mask, logprobs=logp,
-                     ref_logprobs=ref_logp, values=values, rewards=rewards, advantages=adv,
-                     returns=returns, scores=score)
-        return ro, jax.lax.stop_gradient(metrics)
+        s = Samples(sequences=seq, sequence_mask=seq_mask, tokens=tokens, mask=mask, logprobs=logp,
+                    ref_logprobs=ref_logp, scores=score)
+        return s, jax.lax.stop_gradient(metrics)
 
-    return rollout
+    return sample
+
+
+def ppo_targets(s: Samples, values, beta, hp, *, kl_estimator: str = "k1", kl_in_reward: bool = True,
+                whiten_rewards: bool = False):
+    """PPO's part of the rollout: KL-penalised per-token rewards, GAE, whitened advantages.
+
+    ``values`` [B, N] are the critic's ``V(s_t)`` of the rollout. Returns
+    ``(rewards, advantages, returns, metrics)`` with ``objective/rlhf_reward`` (score − β·Σ kl),
+    ``val/value_mean`` and ``val/vf_explained_var``.
+    """
+    maskf = s.mask.astype(jnp.float32)
+    values = values * maskf
+    beta_r = beta if kl_in_reward else jnp.float32(0.0)
+    rewards, kl = kl_penalized_rewards(s.scores, s.logprobs, s.ref_logprobs, maskf, beta_r,
+                                       estimator=kl_estimator)
+    if whiten_rewards:
+        rewards = masked_whiten(rewards, maskf, shift_mean=False)
+    adv, returns = gae(rewards, values, maskf, hp["gamma"], hp["lam"])
+    adv = masked_whiten(adv, maskf)
+    metrics = {
+        "objective/rlhf_reward": (s.scores - beta_r * kl.sum(-1)).mean(),
+        "val/value_mean": masked_mean(values, maskf),
+        "val/vf_explained_var": explained_variance(values, returns, maskf),
+    }
+    return values, rewards, adv, returns, jax.lax.stop_gradient(metrics)

@@ -28,6 +28,7 @@ def make_optimizer(lr: float, *, warmup: int = 0, total_steps: int | None = None
 
     The schedule is a linear warmup then cosine decay to 10% over ``total_steps`` (constant after
     warmup when ``total_steps`` is None); the peak rate is an injected hyperparameter array.
+    ``max_grad_norm = 0`` turns clipping off.
     """
 
     def schedule_factor(count):
@@ -40,7 +41,7 @@ def make_optimizer(lr: float, *, warmup: int = 0, total_steps: int | None = None
     @optax.inject_hyperparams
     def opt(learning_rate):
         return optax.chain(
-            optax.clip_by_global_norm(max_grad_norm),
+            optax.clip_by_global_norm(max_grad_norm) if max_grad_norm > 0 else optax.identity(),
             optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
             optax.add_decayed_weights(weight_decay),
             optax.scale_by_schedule(schedule_factor),

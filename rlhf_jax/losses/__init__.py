@@ -29,9 +29,13 @@ from rlhf_jax.losses.advantages import (
     gae,
     grpo_advantages,
     group_baseline,
+    moving_average_baseline,
     reinforce_advantages,
+    remax_advantages,
     rloo_advantages,
+    zero_variance_groups,
 )
+from rlhf_jax.losses.pg import AGGREGATIONS, CLIPS, RATIOS, kl_loss_term, policy_gradient_loss
 from rlhf_jax.losses.ppo import (
     a2c_policy_loss,
     kl_penalized_rewards,
@@ -41,6 +45,8 @@ from rlhf_jax.losses.ppo import (
 )
 
 __all__ = [
+    "AGGREGATIONS", "CLIPS", "RATIOS", "kl_loss_term", "moving_average_baseline",
+    "policy_gradient_loss", "remax_advantages", "zero_variance_groups",
     "ADVANTAGE_ESTIMATORS", "GROUP_MODES", "KL_ESTIMATORS", "LOSSES", "NORMALIZATIONS", "Registry",
     "a2c_policy_loss", "apply_normalization", "bradley_terry_loss", "dr_grpo_advantages",
     "entropy_from_logits", "explained_variance", "fit_normalization", "gae", "grpo_advantages",

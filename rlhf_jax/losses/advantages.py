@@ -1,5 +1,6 @@
 """Advantage estimators: GAE with a critic (token level) and critic-free group baselines
-(sequence level: REINFORCE, RLOO, GRPO, Dr. GRPO, ReMax via a given baseline).
+(sequence level: REINFORCE with a batch-mean or moving-average baseline, RLOO, GRPO, Dr. GRPO,
+ReMax), and DAPO's zero-variance group mask.
 """
 from __future__ import annotations
 
@@ -96,6 +97,36 @@ def reinforce_advantages(scores: Array, baseline: Array | None = None) -> Array:
     s = scores.astype(jnp.float32)
     b = jnp.mean(s) if baseline is None else jnp.asarray(baseline, jnp.float32)
     return s - b
+
+
+@ADVANTAGE_ESTIMATORS.register("remax")
+def remax_advantages(scores: Array, greedy_scores: Array) -> Array:
+    """ReMax (Li et al. 2023): A_i = R_i − R(x_i, ŷ_greedy), the score of the greedy response to the
+    same prompt as a per-prompt baseline (one extra greedy rollout per prompt)."""
+    return scores.astype(jnp.float32) - jnp.asarray(greedy_scores, jnp.float32)
+
+
+def moving_average_baseline(ema: Array, count: Array, batch_mean: Array, decay):
+    """Baseline for REINFORCE from earlier batches only: the bias-corrected exponential moving
+    average ``b = ema / (1 − decay^count)`` of past batch-mean returns (the batch mean itself while
+    ``count`` = 0). Returns ``(b, new_ema, new_count)`` with ``new_ema = decay·ema + (1 − decay)·batch_mean``.
+    """
+    decay = jnp.asarray(decay, jnp.float32)
+    count = jnp.asarray(count, jnp.float32)
+    debias = 1.0 - decay ** count
+    b = jnp.where(count > 0, ema / jnp.where(count > 0, debias, 1.0), batch_mean)
+    return b, decay * ema + (1.0 - decay) * batch_mean, count + 1.0
+
+
+def zero_variance_groups(scores: Array, group_size: int, tol=1e-6) -> Array:
+    """[B] float32: 1 for every member of a group whose k scores are all equal (max − min ≤ tol).
+
+    Such a group has A = 0 for every member under any group baseline and carries no signal (DAPO's
+    dynamic sampling masks these out of the loss instead of resampling).
+    """
+    g = _groups(scores, group_size)
+    flat = (jnp.max(g, axis=1) - jnp.min(g, axis=1)) <= tol
+    return jnp.repeat(flat.astype(jnp.float32), group_size)
 
 
 GROUP_MODES: Registry = Registry("group baseline mode")

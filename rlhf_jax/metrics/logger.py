@@ -1,6 +1,6 @@
 """Metrics logging: one JSON line per ``log`` call in ``run_dir/metrics.jsonl`` (+ optional TensorBoard).
 
-Line format: ``{"stage": "ppo", "step": 12, "time": <unix seconds>, "objective/kl": 0.3, ...}``.
+Line format: ``{"stage": "rl", "step": 12, "time": <unix seconds>, "objective/kl": 0.3, ...}``.
 Non-finite floats are written as the strings ``"nan"``, ``"inf"``, ``"-inf"`` (the file stays strict
 JSON) and :func:`read_metrics` turns them back into floats.
 
@@ -30,7 +30,7 @@ __all__ = ["MetricsLogger", "read_metrics", "truncate_metrics", "progress", "PIP
            "METRICS_FILE", "Progress"]
 
 METRICS_FILE = "metrics.jsonl"
-PIPELINE_STAGES = ("pretrain", "sft", "reward", "ppo")
+PIPELINE_STAGES = ("pretrain", "sft", "reward", "rl")
 """Stages in pipeline order: resuming stage s drops every line of a later one. Other stages
 ('eval', ...) are side stages: their lines are kept or dropped by their position in the file."""
 
@@ -232,7 +232,7 @@ class Progress(tqdm):
 
 def progress(iterable_or_total: Iterable | int | None = None, desc: str | None = None, *,
              force: bool | None = None, **kwargs) -> Progress:
-    """A tqdm bar on stderr. ``progress(loader, 'ppo')`` wraps an iterable; ``progress(1000, 'ppo')``
+    """A tqdm bar on stderr. ``progress(loader, 'rl')`` wraps an iterable; ``progress(1000, 'rl')``
     gives a manual bar (``bar.update(n)``). Disabled when ``RLHF_JAX_NO_PROGRESS=1`` or stderr is not a
     TTY, unless ``force=True`` (``force=False`` always disables; the variable always wins).
     ``bar.set_metrics(dict)`` shows live metrics.

@@ -3,11 +3,25 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.algorithms.ppo import sequence_kl
+from rlhf_jax.algorithms.rollout import response_logits
+from rlhf_jax.losses.common import token_logprobs
 from rlhf_jax.sampling import generate
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "prompt_len"))
+def sequence_kl(cfg, params, ref_params, sequences, sequence_mask, mask, tokens, temperature,
+                prompt_len: int):
+    """Per-sequence ``Σ_t log π(y_t) − log π_ref(y_t)`` on given samples (an unbiased KL estimate)."""
+    pl, _ = response_logits(cfg, params, sequences, sequence_mask, prompt_len)
+    rl, _ = response_logits(cfg, ref_params, sequences, sequence_mask, prompt_len)
+    m = mask.astype(jnp.float32)
+    return ((token_logprobs(pl, tokens, temperature) - token_logprobs(rl, tokens, temperature)) * m).sum(-1)
 
 
 def sample_many(cfg, params, prompt_ids: np.ndarray, prompt_mask: np.ndarray, *, rng, n: int,

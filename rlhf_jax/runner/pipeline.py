@@ -4,7 +4,8 @@
    Face checkpoint;
 2. sample responses from it, label them with simulated humans (or read a preference file), train
    the reward model, normalise it;
-3. PPO against the reward model with a KL penalty to the SFT reference.
+3. RL against the reward model with a KL penalty to the SFT reference, by the algorithm the config
+   names (``algorithm: ppo`` by default; ``algorithms/registry.py`` lists them).
 
 Each stage checkpoints with Orbax into ``run_dir/checkpoints/<stage>``; rerunning the same command
 skips finished stages and resumes the running one from its newest checkpoint. The run directory
@@ -22,24 +23,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.algorithms.kl_controller import init_kl_state
+from rlhf_jax.algorithms.base import RLSetup, frozen_inputs
 from rlhf_jax.algorithms.loop import supervised_loop
-from rlhf_jax.algorithms.ppo import PPOState, make_ppo_iteration, ppo_hparams
+from rlhf_jax.algorithms.registry import ALGORITHMS
 from rlhf_jax.algorithms.reward_model import (init_reward_model, make_rm_loss, normalization,
                                               pairwise_accuracy, ranking_accuracy, score_in_batches)
 from rlhf_jax.algorithms.sft import make_lm_loss
 from rlhf_jax.algorithms.step import make_train_step
+from rlhf_jax.algorithms.sections import optimizer_kwargs
 from rlhf_jax.algorithms.train_state import create_state, make_optimizer
 from rlhf_jax.checkpoint.orbax import RunCheckpoints
-from rlhf_jax.data.encoding import batch_indices, encode_prompt_response, encode_prompts
+from rlhf_jax.data.encoding import encode_prompt_response, encode_prompts
 from rlhf_jax.metrics.aggregate import to_python
-from rlhf_jax.metrics.logger import MetricsLogger, progress
-from rlhf_jax.models import get_preset, init_params, init_value_head
+from rlhf_jax.metrics.logger import PIPELINE_STAGES, MetricsLogger, progress
+from rlhf_jax.models import get_preset, init_params
 from rlhf_jax.runner import sources
-from rlhf_jax.runner.config_loader import ConfigError, config_to_dict, dump_config
+from rlhf_jax.runner.config_loader import ConfigError
 from rlhf_jax.runner.evaluation import gold_of_samples, kl_of_samples, sample_many
 from rlhf_jax.runner.report import write_report
-from rlhf_jax.runner.schema import ExperimentConfig
+from rlhf_jax.runner.schema import (ALGORITHM_SECTIONS, ExperimentConfig, algorithm_section,
+                                    resolved_config)
 
 
 def _log(msg: str) -> None:
@@ -49,6 +52,15 @@ def _log(msg: str) -> None:
 def _copy_tree(tree):
     """Fresh buffers (the PPO step donates its state; the reference must not alias it)."""
     return jax.tree_util.tree_map(jnp.copy, tree)
+
+
+def _write_yaml(path, obj) -> None:
+    import yaml
+
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(obj, f, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    os.replace(tmp, path)
 
 
 def _write_json(path, obj) -> None:
@@ -78,7 +90,20 @@ class Pipeline:
         cfg = self.cfg
         os.makedirs(self.run_dir, exist_ok=True)
         cfg_path = os.path.join(self.run_dir, "config.yaml")
-        resolved = config_to_dict(cfg)
+        resolved = resolved_config(cfg)
+        self.algo = ALGORITHMS.get(cfg.algorithm)
+        self.src = sources.Sources(cfg, self.run_dir)
+        self.rl_prompts = self.src.rl_prompts()
+        try:  # everything the chosen algorithm needs, before any compute
+            self.algo.check(algorithm_section(cfg), n_prompts=len(self.rl_prompts),
+                            has_pretrain_texts=bool(self.src.pretrain_texts()))
+        except ValueError as e:
+            raise ConfigError(f"algorithm {cfg.algorithm!r}: {e}") from None
+        unused = [n for n in ALGORITHM_SECTIONS if n != cfg.algorithm
+                  and getattr(cfg, n) != ALGORITHMS.get(n).section()]
+        if unused:
+            _log(f"algorithm {cfg.algorithm!r}: the settings in section(s) {', '.join(unused)} are "
+                 f"not used by this run")
         if os.path.exists(cfg_path):
             import yaml
 
@@ -90,13 +115,12 @@ class Pipeline:
                                   f"{', '.join(diff[:5])}); use another run.out_dir or delete it")
         if cfg.run.reuse_from and not os.path.exists(cfg_path):
             _reuse_stages(cfg.run.reuse_from, self.run_dir, resolved)
-        dump_config(cfg, cfg_path)
+        _write_yaml(cfg_path, resolved)
         self.ckpt = RunCheckpoints(self.run_dir)
-        resume = any(self.ckpt.latest_step(s) is not None for s in ("pretrain", "sft", "reward", "ppo"))
+        resume = any(self.ckpt.latest_step(s) is not None for s in PIPELINE_STAGES)
         if resume:
             _log(f"resuming the run in {self.run_dir}")
         self.logger = MetricsLogger(self.run_dir, resume=resume)
-        self.src = sources.Sources(cfg, self.run_dir)
         self.tok = self.src.tokenizer()
         self.model_cfg, self.init_lm = self.src.model(self.tok, jax.random.fold_in(self.key, 0))
         self.P, self.R = cfg.data.max_prompt_len, cfg.data.max_response_len
@@ -106,8 +130,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ step 1: LM
     def _lm_stage(self, stage, params, data, sc) -> dict:
-        tx = make_optimizer(sc.lr, warmup=getattr(sc, "warmup", 0), total_steps=sc.steps,
-                            weight_decay=getattr(sc, "weight_decay", 0.0))
+        tx = make_optimizer(sc.lr, total_steps=sc.steps, **optimizer_kwargs(sc))
         step_fn = make_train_step(make_lm_loss(self.model_cfg), tx)
         state = create_state(_copy_tree(params), tx)
         t0 = time.time()
@@ -190,7 +213,7 @@ class Pipeline:
         hp = {"margin": jnp.float32(rc.margin), "center_coef": jnp.float32(rc.center_coef)}
         bs = min(rc.batch_size, len(train["input_ids"]))
         steps = rc.epochs * (len(train["input_ids"]) // bs)
-        tx = make_optimizer(rc.lr, warmup=10, total_steps=steps)
+        tx = make_optimizer(rc.lr, total_steps=steps, **optimizer_kwargs(rc))
         step_fn = make_train_step(make_rm_loss(rm_cfg), tx)
         _log(f"step 2: training the reward model on {len(train['input_ids'])} comparisons "
              f"({steps} steps), {n_eval} held out")
@@ -230,7 +253,7 @@ class Pipeline:
              + (f" (label ceiling {info['rm_label_ceiling']:.3f})" if "rm_label_ceiling" in info else ""))
         return rm_params, info
 
-    # ------------------------------------------------------------------ step 3: PPO
+    # ------------------------------------------------------------------ step 3: RL
     def evaluate(self, params, ref_params, prompts, ids, mask, n) -> dict:
         ec = self.cfg.eval
         samples = sample_many(self.model_cfg, params, ids, mask, rng=jax.random.fold_in(self.key, 5),
@@ -242,73 +265,49 @@ class Pipeline:
         out["kl"] = kl_of_samples(self.model_cfg, params, ref_params, samples, ec.temperature, self.P)
         return out
 
-    def ppo(self, sft_params, rm_params, rm_info):
-        cfg, pc = self.cfg, self.cfg.ppo
-        prompts = self.src.ppo_prompts()
-        ids, mask = encode_prompts(self.tok, prompts, self.P)
-        B = min(pc.batch_size, len(prompts))
-        if B % pc.minibatches:
-            raise ConfigError(f"ppo.batch_size ({B}) must be a multiple of ppo.minibatches ({pc.minibatches})")
+    def rl(self, sft_params, rm_params, rm_info):
+        """Step 3 for the chosen algorithm: resume, iterate, evaluate, checkpoint."""
+        cfg, algo = self.cfg, self.algo
+        sec = algorithm_section(cfg)
+        ids, mask = encode_prompts(self.tok, self.rl_prompts, self.P)
+        setup = RLSetup(model_cfg=self.model_cfg, rm_cfg=self.rm_cfg, policy_params=sft_params,
+                        rm_params=rm_params, prompt_ids=ids, prompt_mask=mask, response_len=self.R,
+                        eos_id=self.tok.eos_id, pad_id=self.tok.pad_id, seed=cfg.run.seed,
+                        ptx=self.pretrain_data if sec.ptx_coef > 0 else None)
         ref_params = _copy_tree(sft_params)
-        if pc.critic == "shared":  # value head on the policy's hidden states
-            critic_cfg = self.model_cfg
-            critic = {}
-        else:  # separate critic initialised from the reward model (RLHF_NOTES)
-            critic_cfg = self.rm_cfg
-            critic = {"backbone": rm_params["backbone"]}
-        critic["head"] = init_value_head(jax.random.fold_in(self.key, 6), critic_cfg.d_model)
-        tx = make_optimizer(pc.lr)
-        train = create_state(_copy_tree({"policy": sft_params, "critic": critic}), tx)
-        state = PPOState(train=train, kl=init_kl_state(pc.kl.beta), rng=jax.random.fold_in(self.key, 7),
-                         iteration=jnp.zeros((), jnp.int32))
+        frozen = frozen_inputs(setup, ref_params, {"gain": rm_info["gain"], "bias": rm_info["bias"]})
+        state = algo.init(setup, sec, jax.random.fold_in(self.key, 7))
         start = 0
-        if self.ckpt.latest_step("ppo") is not None:
-            restored, meta = self.ckpt.restore("ppo", {"ppo": state})
-            state, start = restored["ppo"], int(meta["step"])
-            self.logger.truncate_after("ppo", start)
+        if self.ckpt.latest_step("rl") is not None:
+            restored, meta = self.ckpt.restore("rl", {"rl": state})
+            state, start = restored["rl"], int(meta["step"])
+            self.logger.truncate_after("rl", start)
             self.logger.truncate_after("eval", start)
-        iteration = make_ppo_iteration(cfg=self.model_cfg, critic_cfg=critic_cfg, rm_cfg=self.rm_cfg,
-                                       ppo_cfg=pc, tx=tx, prompt_len=self.P, max_new_tokens=self.R,
-                                       eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
-        hp = ppo_hparams(pc)
-        norm = {"gain": jnp.float32(rm_info["gain"]), "bias": jnp.float32(rm_info["bias"])}
-        use_ptx = pc.ptx_coef > 0
-        if use_ptx and self.pretrain_data is None:
-            raise ConfigError("ppo.ptx_coef > 0 needs pretraining texts (task corpus or data.pretrain_text)")
-        ptx_dummy = np.zeros((1, 1), np.int32)
+        iteration = algo.make_iteration(setup, sec)
+        hp = algo.hparams(sec)
 
         eval_prompts = self.src.eval_prompts()
         e_ids, e_mask = encode_prompts(self.tok, eval_prompts, self.P)
-        n_batches = len(prompts) // B
         iter_times = []
-        _log(f"step 3: PPO for {pc.iterations} iterations of {B} rollouts")
-        bar = progress(pc.iterations, "ppo", initial=start, force=self.show)
-        for it in range(start, pc.iterations):
+        n_resp = algo.responses_per_iteration(sec, len(ids))
+        _log(f"step 3: {cfg.algorithm} for {sec.iterations} iterations of {n_resp} responses")
+        bar = progress(sec.iterations, cfg.algorithm, initial=start, force=self.show)
+        for it in range(start, sec.iterations):
             t0 = time.time()
-            epoch, k = divmod(it, n_batches)
-            idx = batch_indices(len(prompts), B, cfg.run.seed, epoch)[k]
-            if use_ptx:
-                rows = np.random.default_rng([cfg.run.seed, 99, it]).integers(
-                    0, len(self.pretrain_data["input_ids"]), B)
-                ptx_ids = self.pretrain_data["input_ids"][rows]
-                ptx_mask = self.pretrain_data["attention_mask"][rows]
-            else:
-                ptx_ids = ptx_mask = ptx_dummy
-            state, metrics = iteration(state, ref_params, rm_params, norm, ids[idx], mask[idx],
-                                       ptx_ids, ptx_mask, hp)
+            state, metrics = iteration(state, frozen, algo.batch(setup, sec, it), hp)
             metrics = to_python(metrics)
             iter_times.append(time.time() - t0)
-            self.logger.log(it + 1, metrics, stage="ppo")
+            self.logger.log(it + 1, metrics, stage="rl")
             bar.update(1)
             bar.set_metrics({"score": metrics["objective/scores"], "kl": metrics["objective/kl"]})
-            if (it + 1) % pc.eval_every == 0 and it + 1 < pc.iterations:
-                ev = self.evaluate(state.train.params["policy"], ref_params, eval_prompts, e_ids, e_mask, 1)
+            if (it + 1) % sec.eval_every == 0 and it + 1 < sec.iterations:
+                ev = self.evaluate(algo.policy(state), ref_params, eval_prompts, e_ids, e_mask, 1)
                 self.logger.log(it + 1, _eval_metrics(ev), stage="eval")
-            if (it + 1) % cfg.run.checkpoint_every == 0 or it + 1 == pc.iterations:
-                self.ckpt.save("ppo", it + 1, {"ppo": state}, {"done": it + 1 == pc.iterations})
+            if (it + 1) % cfg.run.checkpoint_every == 0 or it + 1 == sec.iterations:
+                self.ckpt.save("rl", it + 1, {"rl": state}, {"done": it + 1 == sec.iterations})
         bar.close()
-        self.times["ppo"] = sum(iter_times)
-        self.times["ppo_iteration_s"] = float(np.median(iter_times[1:])) if len(iter_times) > 1 else (
+        self.times["rl"] = sum(iter_times)
+        self.times["rl_iteration_s"] = float(np.median(iter_times[1:])) if len(iter_times) > 1 else (
             iter_times[0] if iter_times else float("nan"))
         return state, ref_params
 
@@ -335,11 +334,12 @@ class Pipeline:
             _write_json(init_path, initial)
             self.logger.log(0, _eval_metrics(ev), stage="eval")
 
-        state, ref_params = self.ppo(sft_params, rm_params, rm_info)
-        final = self.evaluate(state.train.params["policy"], ref_params, eval_prompts, e_ids, e_mask,
-                              ec.samples_per_prompt)
-        self.logger.log(cfg.ppo.iterations, _eval_metrics(final), stage="eval")
+        state, ref_params = self.rl(sft_params, rm_params, rm_info)
+        policy = self.algo.policy(state)
+        final = self.evaluate(policy, ref_params, eval_prompts, e_ids, e_mask, ec.samples_per_prompt)
+        self.logger.log(algorithm_section(cfg).iterations, _eval_metrics(final), stage="eval")
         summary = dict(initial)
+        summary["algorithm"] = cfg.algorithm
         summary.update({k: v for k, v in rm_info.items() if k.startswith("rm_")})
         summary["rm_gain"], summary["rm_bias"] = rm_info["gain"], rm_info["bias"]
         if "gold" in final:
@@ -349,8 +349,8 @@ class Pipeline:
         summary["response_length_final"] = float(final["samples"]["mask"].sum(1).mean())
         summary["eos_rate_final"] = float(np.mean(np.any(
             (final["samples"]["tokens"] == self.tok.eos_id) & (final["samples"]["mask"] > 0), axis=1)))
-        summary["ppo_iteration_time_s"] = self.times.get("ppo_iteration_s", float("nan"))
-        summary["stage_time_s"] = {k: v for k, v in self.times.items() if k != "ppo_iteration_s"}
+        summary["rl_iteration_time_s"] = self.times.get("rl_iteration_s", float("nan"))
+        summary["stage_time_s"] = {k: v for k, v in self.times.items() if k != "rl_iteration_s"}
         summary["wall_time_s"] = time.time() - t_start
         _write_json(os.path.join(self.run_dir, "summary.json"), summary)
         self.logger.close()
@@ -384,7 +384,7 @@ _REUSED = ("tokenizer", "reward_data.npz", "reward_model.json", "eval_initial.js
 
 
 def _reuse_stages(src: str, dst: str, resolved: dict) -> None:
-    """Copy the finished pre-PPO artifacts of run ``src`` into the new run ``dst``."""
+    """Copy the finished steps 1-2 artifacts of run ``src`` into the new run ``dst``."""
     import shutil
 
     import yaml
@@ -394,9 +394,10 @@ def _reuse_stages(src: str, dst: str, resolved: dict) -> None:
         raise FileNotFoundError(f"run.reuse_from: no run at {src} (no config.yaml)")
     with open(src_cfg) as f:
         old = yaml.safe_load(f) or {}
-    diff = [k for k in _diff_keys(old, resolved) if not k.startswith(("ppo.", "run."))]
+    step3 = ("algorithm", "run") + ALGORITHM_SECTIONS
+    diff = [k for k in _diff_keys(old, resolved) if k.split(".")[0] not in step3]
     if diff:
-        raise ConfigError(f"run.reuse_from: {src} was made with a different config before PPO "
+        raise ConfigError(f"run.reuse_from: {src} was made with a different config before step 3 "
                           f"(differs at {', '.join(diff[:5])})")
     if not os.path.exists(os.path.join(src, "reward_model.json")):
         raise ConfigError(f"run.reuse_from: {src} has not finished its reward model yet")

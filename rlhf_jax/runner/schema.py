@@ -10,9 +10,9 @@ import dataclasses
 from dataclasses import field
 from typing import Literal, Optional
 
-
-def _r(default, lo=None, hi=None):
-    return field(default=default, metadata={"range": (lo, hi)})
+from rlhf_jax.algorithms.registry import ALGORITHMS
+from rlhf_jax.algorithms.sections import OptimizerFields
+from rlhf_jax.algorithms.sections import ranged as _r
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,16 +48,15 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(OptimizerFields):
     steps: int = _r(600, 0)              # LM steps on the corpus (0: skip)
     batch_size: int = _r(64, 1)
     lr: float = _r(3e-3, 0.0)
     warmup: int = _r(50, 0)
-    weight_decay: float = _r(0.0, 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(OptimizerFields):
     steps: int = _r(0, 0)                # SFT steps on demonstrations (0: skip)
     batch_size: int = _r(32, 1)
     lr: float = _r(1e-3, 0.0)
@@ -65,7 +64,7 @@ class SFTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class RewardConfig:
+class RewardConfig(OptimizerFields):
     n_prompts: int = _r(1500, 2)         # built-in task: prompts sampled for comparisons
     k: int = _r(2, 2, 9)                 # responses per prompt; k > 2 ranks them (InstructGPT)
     tau: float = _r(0.1, 1e-6)           # labeler noise: P(a > b) = sigmoid((g_a - g_b) / tau)
@@ -75,44 +74,12 @@ class RewardConfig:
     epochs: int = _r(2, 1)
     batch_size: int = _r(32, 1)
     lr: float = _r(1e-3, 0.0)
+    warmup: int = _r(10, 0)
     margin: float = _r(0.0, 0.0)
     center_coef: float = _r(0.01, 0.0)   # c·(r_a + r_b)^2 pins the free offset
     init: Literal["policy", "scratch"] = "policy"  # warm-start from the LM, or a fresh backbone
     preset: Optional[str] = None         # own size when init='scratch' (None: the policy's)
     normalize: Literal["mean_std", "reference_zero", "none"] = "mean_std"
-
-
-@dataclasses.dataclass(frozen=True)
-class KLConfig:
-    controller: Literal["adaptive", "fixed"] = "adaptive"  # Ziegler et al. 2019
-    beta: float = _r(0.05, 0.0)          # initial / fixed KL coefficient
-    target: float = _r(3.0, 1e-6)        # adaptive: target KL (nats per response)
-    horizon: int = _r(2000, 1)           # adaptive: horizon in rollouts
-    estimator: Literal["k1", "k2", "k3"] = "k1"  # in the per-token reward
-
-
-@dataclasses.dataclass(frozen=True)
-class PPOConfig:
-    iterations: int = _r(60, 0)          # rollout + update rounds
-    batch_size: int = _r(64, 1)          # rollouts per iteration
-    minibatches: int = _r(4, 1)
-    epochs: int = _r(4, 1)
-    lr: float = _r(1e-3, 0.0)
-    critic_lr: float = _r(1e-3, 0.0)
-    clip_eps: float = _r(0.2, 0.0)
-    vf_clip: float = _r(0.2, 0.0)
-    vf_coef: float = _r(0.1, 0.0)
-    ent_coef: float = _r(0.0, 0.0)
-    gamma: float = _r(1.0, 0.0, 1.0)
-    lam: float = _r(0.95, 0.0, 1.0)
-    whiten_rewards: bool = False
-    reward_clip: float = _r(10.0, 0.0)   # clip the normalised score to ±this (0: off)
-    temperature: float = _r(1.0, 1e-3)
-    no_eos_penalty: Optional[float] = -1.0  # score of a response with no EOS (None: keep RM score)
-    ptx_coef: float = _r(0.0, 0.0)       # PPO-ptx: γ·pretraining LM loss mixed in (InstructGPT)
-    critic: Literal["separate", "shared"] = "separate"  # separate critic from the RM, or a value head on the policy
-    kl: KLConfig = KLConfig()
-    eval_every: int = _r(10, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,14 +100,51 @@ class RunConfig:
     reuse_from: Optional[str] = None
 
 
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    model: ModelConfig = ModelConfig()
-    task: TaskConfig = TaskConfig()
-    data: DataConfig = DataConfig()
-    pretrain: PretrainConfig = PretrainConfig()
-    sft: SFTConfig = SFTConfig()
-    reward: RewardConfig = RewardConfig()
-    ppo: PPOConfig = PPOConfig()
-    eval: EvalConfig = EvalConfig()
-    run: RunConfig = RunConfig()
+_BEFORE = [("model", ModelConfig), ("task", TaskConfig), ("data", DataConfig),
+           ("pretrain", PretrainConfig), ("sft", SFTConfig), ("reward", RewardConfig)]
+_AFTER = [("eval", EvalConfig), ("run", RunConfig)]
+
+ALGORITHM_SECTIONS: tuple[str, ...] = tuple(ALGORITHMS.names())
+"""One config section per registered algorithm, named after it; only the chosen one is read."""
+
+ExperimentConfig = dataclasses.make_dataclass(
+    "ExperimentConfig",
+    [(name, cls, field(default=cls())) for name, cls in _BEFORE]
+    + [("algorithm", str, field(default="ppo", metadata={"choices": ALGORITHM_SECTIONS}))]
+    + [(name, ALGORITHMS.get(name).section, field(default=ALGORITHMS.get(name).section()))
+       for name in ALGORITHM_SECTIONS]
+    + [(name, cls, field(default=cls())) for name, cls in _AFTER],
+    frozen=True)
+ExperimentConfig.__module__ = __name__
+ExperimentConfig.__doc__ = """The whole experiment: steps 1-2 (model, task, data, pretrain, sft,
+reward), ``algorithm`` (step 3, by registered name) and one section per algorithm, eval, run."""
+
+
+def algorithm_section(cfg):
+    """The config section of the chosen algorithm."""
+    return getattr(cfg, cfg.algorithm)
+
+
+def resolved_config(cfg) -> dict:
+    """The config as a plain dict, holding only the chosen algorithm's section."""
+    from rlhf_jax.runner.config_loader import config_to_dict
+
+    out = config_to_dict(cfg)
+    for name in ALGORITHM_SECTIONS:
+        if name != cfg.algorithm:
+            out.pop(name, None)
+    return out
+
+
+def check_overrides(cfg, overrides) -> None:
+    """Command-line overrides must not target the section of an algorithm the run does not use."""
+    from rlhf_jax.runner.config_loader import ConfigError, parse_override
+
+    for s in overrides:
+        key, _ = parse_override(s)
+        head = key.split(".")[0].strip()
+        if head in ALGORITHM_SECTIONS and head != cfg.algorithm:
+            raise ConfigError(f"override {s!r}: the run uses algorithm {cfg.algorithm!r}, which reads "
+                              f"its options from section {cfg.algorithm!r}, not {head!r} (did you mean "
+                              f"'{cfg.algorithm}.{key.split('.', 1)[1] if '.' in key else ''}'"
+                              f" or 'algorithm={head}'?)")

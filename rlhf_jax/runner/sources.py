@@ -91,7 +91,7 @@ class Sources:
             return list(load_prompts(self.cfg.data.prompts)["prompt"])
         return list(dict.fromkeys(self.preferences()["prompt"]))
 
-    def ppo_prompts(self) -> list[str]:
+    def rl_prompts(self) -> list[str]:
         if self.task is not None and not self.cfg.data.prompts and not self.cfg.data.preferences:
             return self.task.prompts("train", seed=self.cfg.run.seed)
         prompts = self._file_prompts()

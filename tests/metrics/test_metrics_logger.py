@@ -20,13 +20,13 @@ def strict_lines(path):
 
 def test_log_appends_one_strict_json_line_per_call(tmp_path):
     with MetricsLogger(tmp_path / "run") as log:
-        log.log(0, {"objective/kl": jnp.array(0.5), "n": 3}, stage="ppo")
+        log.log(0, {"objective/kl": jnp.array(0.5), "n": 3}, stage="rl")
         # flushed immediately: visible before close
         assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
-        log.log(1, {"objective/kl": float("nan"), "x": float("inf"), "y": -math.inf, "s": "ok"}, stage="ppo")
+        log.log(1, {"objective/kl": float("nan"), "x": float("inf"), "y": -math.inf, "s": "ok"}, stage="rl")
     lines = strict_lines(tmp_path / "run" / "metrics.jsonl")
     assert list(lines[0])[:3] == ["stage", "step", "time"]
-    assert lines[0]["stage"] == "ppo" and lines[0]["step"] == 0 and lines[0]["objective/kl"] == 0.5
+    assert lines[0]["stage"] == "rl" and lines[0]["step"] == 0 and lines[0]["objective/kl"] == 0.5
     assert lines[1]["objective/kl"] == "nan" and lines[1]["x"] == "inf" and lines[1]["y"] == "-inf"
     recs = read_metrics(tmp_path / "run")
     assert math.isnan(recs[1]["objective/kl"]) and recs[1]["x"] == math.inf and recs[1]["y"] == -math.inf
@@ -62,7 +62,7 @@ def _pipeline(log):
     for s in range(4):
         log.log(s, {"reward/loss": 0.7}, "reward")
     for s in range(6):
-        log.log(s, {"objective/kl": float(s)}, "ppo")
+        log.log(s, {"objective/kl": float(s)}, "rl")
         if s % 2 == 0:
             log.log(s, {"eval/gold_reward": float("nan") if s == 4 else s / 10}, "eval")
 
@@ -71,29 +71,29 @@ def test_truncate_after_drops_later_steps_and_stages(tmp_path):
     log = MetricsLogger(tmp_path)
     _pipeline(log)
     assert len(read_metrics(tmp_path)) == 3 + 2 + 4 + 6 + 3
-    # crash after ppo step 5; the checkpoint restored is ppo step 2
-    assert log.truncate_after("ppo", 2) == 3 + 1  # ppo 3,4,5 and eval 4 (the NaN line) dropped
-    log.log(3, {"objective/kl": 30.0}, "ppo")  # the logger keeps appending after truncation
+    # crash after rl step 5; the checkpoint restored is rl step 2
+    assert log.truncate_after("rl", 2) == 3 + 1  # rl 3,4,5 and eval 4 (the NaN line) dropped
+    log.log(3, {"objective/kl": 30.0}, "rl")  # the logger keeps appending after truncation
     log.close()
     recs = read_metrics(tmp_path)
-    ppo = [(r["step"], r["objective/kl"]) for r in recs if r["stage"] == "ppo"]
-    assert ppo == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0)]
-    assert [r["step"] for r in recs if r["stage"] == "eval"] == [0, 2]  # eval 2 came before ppo 3
+    rl = [(r["step"], r["objective/kl"]) for r in recs if r["stage"] == "rl"]
+    assert rl == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 30.0)]
+    assert [r["step"] for r in recs if r["stage"] == "eval"] == [0, 2]  # eval 2 came before rl 3
     assert sum(r["stage"] == "reward" for r in recs) == 4
 
     # resuming an earlier stage drops the later pipeline stages and what was logged after the cut
     assert truncate_metrics(tmp_path, "sft", 0) == 1 + 4 + 4 + 2
     assert [(r["stage"], r["step"]) for r in read_metrics(tmp_path)] == [
         ("pretrain", 0), ("pretrain", 1), ("pretrain", 2), ("sft", 0)]
-    assert truncate_metrics(tmp_path / "missing", "ppo", 0) == 0
+    assert truncate_metrics(tmp_path / "missing", "rl", 0) == 0
 
 
 def test_read_metrics_torn_and_corrupt_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"stage": "ppo", "step": 0, "a": 1}\n{"stage": "ppo", "st')
-    assert read_metrics(tmp_path) == [{"stage": "ppo", "step": 0, "a": 1}]
+    path.write_text('{"stage": "rl", "step": 0, "a": 1}\n{"stage": "rl", "st')
+    assert read_metrics(tmp_path) == [{"stage": "rl", "step": 0, "a": 1}]
     assert read_metrics(path) == read_metrics(tmp_path)
-    path.write_text('{"stage": "ppo", "step": 0}\nnot json\n{"stage": "ppo", "step": 1}\n')
+    path.write_text('{"stage": "rl", "step": 0}\nnot json\n{"stage": "rl", "step": 1}\n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON line"):
         read_metrics(tmp_path)
     assert read_metrics(tmp_path / "nothing_here") == []
@@ -124,7 +124,7 @@ def test_tensorboard_backend_writes_scalars(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=FakeWriter))
     with MetricsLogger(tmp_path, backends=("tensorboard",)) as log:
-        log.log(7, {"objective/kl": jnp.array(0.25), "note": "x", "flag": True, "bad": float("nan")}, "ppo")
+        log.log(7, {"objective/kl": jnp.array(0.25), "note": "x", "flag": True, "bad": float("nan")}, "rl")
     assert written[0] == ("objective/kl", 0.25, 7)
     assert written[1][0] == "bad" and math.isnan(written[1][1])
     assert written[2:] == ["closed"]

@@ -1,0 +1,252 @@
+"""What every RL algorithm of the registry is made of, written once.
+
+* :class:`RLSetup` — what steps 1–2 built (policy/RM configs and params, the encoded training
+  prompts, pretraining texts for PPO-ptx), host side.
+* :class:`RLState` — the pytree an algorithm carries between iterations (params + optimizer state,
+  KL coefficient, RNG, a running baseline), checkpointed whole by Orbax.
+* :class:`Algorithm` — a registry entry: its config section (the preset's defaults), its family
+  (actor-critic or critic-free) and its paper.
+* :func:`make_onpolicy_iteration` — sample → score → family's targets (GAE, group baselines, ...)
+  → ``epochs × minibatches`` gradient steps → KL-controller update, as one jitted function
+  ``iteration(state, frozen, batch, hparams) -> (state, metrics)`` that donates ``state``.
+  ``frozen`` = ``{'ref', 'rm', 'norm'}`` (reference and reward-model params, RM normalisation) is
+  passed in, never closed over, so it is not baked into the compiled program.
+* :func:`make_policy_loss` — the house ``loss_fn(params, batch, hparams)``: the composable
+  policy-gradient objective (``losses/pg.py``), entropy bonus, the KL loss term, an optional critic
+  term and PPO-ptx.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.algorithms.kl_controller import KL_CONTROLLERS, KLState, init_kl_state
+from rlhf_jax.algorithms.rollout import make_sampler, response_logits
+from rlhf_jax.algorithms.step import run_epochs
+from rlhf_jax.algorithms.train_state import TrainState, create_state
+from rlhf_jax.data.encoding import batch_indices
+from rlhf_jax.losses.common import entropy_from_logits, masked_mean, token_logprobs
+from rlhf_jax.losses.pg import kl_loss_term, policy_gradient_loss
+from rlhf_jax.losses.registry import Registry
+from rlhf_jax.losses.sft import next_token_loss
+from rlhf_jax.models import logits as lm_logits
+
+
+@dataclasses.dataclass
+class RLSetup:
+    """Inputs of step 3, built by the pipeline (or by hand in tests and notebooks)."""
+    model_cfg: Any                 # the policy's TransformerConfig
+    rm_cfg: Any                    # the reward model's TransformerConfig
+    policy_params: Any             # initial policy = reference params
+    rm_params: Any                 # {'backbone', 'head'}
+    prompt_ids: np.ndarray         # [n, P] left-padded training prompts
+    prompt_mask: np.ndarray
+    response_len: int              # N new tokens per response
+    eos_id: int
+    pad_id: int
+    seed: int = 0
+    ptx: dict | None = None        # pretraining arrays {'input_ids', 'attention_mask'} for PPO-ptx
+
+    @property
+    def prompt_len(self) -> int:
+        return int(self.prompt_ids.shape[1])
+
+
+@flax.struct.dataclass
+class RLState:
+    train: TrainState              # params {'policy', 'critic'?} + optimizer state
+    kl: KLState                    # KL coefficient β (array)
+    rng: jax.Array
+    iteration: jax.Array
+    baseline: jax.Array            # running mean return (REINFORCE moving-average baseline)
+    baseline_count: jax.Array
+
+
+def init_rl_state(params, tx, kl_beta, rng) -> RLState:
+    return RLState(train=create_state(params, tx), kl=init_kl_state(kl_beta), rng=rng,
+                   iteration=jnp.zeros((), jnp.int32), baseline=jnp.zeros((), jnp.float32),
+                   baseline_count=jnp.zeros((), jnp.float32))
+
+
+def rl_hparams(sec) -> dict:
+    """The sweepable hyperparameters every on-policy algorithm reads, as float32 arrays."""
+    f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    return {
+        "clip_eps": f(sec.clip_eps),
+        "clip_eps_high": f(sec.clip_eps if sec.clip_eps_high is None else sec.clip_eps_high),
+        "dual_clip_c": f(sec.dual_clip_c),
+        "ent_coef": f(sec.ent_coef),
+        "temperature": f(sec.temperature),
+        "reward_clip": f(sec.reward_clip),
+        "no_eos_penalty": f(0.0 if sec.no_eos_penalty is None else sec.no_eos_penalty),
+        "use_eos_penalty": jnp.asarray(sec.no_eos_penalty is not None),
+        "ptx_coef": f(sec.ptx_coef),
+        "kl_target": f(sec.kl.target),
+        "kl_horizon": f(sec.kl.horizon),
+    }
+
+
+def prompt_batch(setup: RLSetup, sec, it: int, group_size: int = 1) -> dict:
+    """Iteration ``it``'s batch, a pure function of (seed, it): ``batch_size // k`` prompts drawn
+    without replacement epoch by epoch, each repeated ``k`` times in a consecutive block (a group),
+    plus ``batch_size`` pretraining rows when PPO-ptx is on."""
+    n = len(setup.prompt_ids)
+    per = min(sec.batch_size // group_size, n)
+    epoch, j = divmod(it, n // per)
+    idx = batch_indices(n, per, setup.seed, epoch)[j]
+    out = {"prompt_ids": np.repeat(setup.prompt_ids[idx], group_size, 0),
+           "prompt_mask": np.repeat(setup.prompt_mask[idx], group_size, 0)}
+    if sec.ptx_coef > 0:
+        rows = np.random.default_rng([setup.seed, 99, it]).integers(0, len(setup.ptx["input_ids"]),
+                                                                    per * group_size)
+        out["ptx_ids"] = setup.ptx["input_ids"][rows]
+        out["ptx_mask"] = setup.ptx["attention_mask"][rows]
+    return out
+
+
+def responses_per_iteration(sec, n_prompts: int, group_size: int = 1) -> int:
+    return min(sec.batch_size // group_size, n_prompts) * group_size
+
+
+def check_common(name: str, sec, *, n_prompts: int, has_pretrain_texts: bool, group_size: int = 1) -> None:
+    """Checks every on-policy algorithm shares; raises ValueError naming the section's keys."""
+    if sec.batch_size < group_size:
+        raise ValueError(f"{name}.batch_size ({sec.batch_size}) is smaller than one group of "
+                         f"{name}.group_size ({group_size}) responses")
+    B = responses_per_iteration(sec, n_prompts, group_size)
+    if B % sec.minibatches:
+        raise ValueError(f"{name}.minibatches ({sec.minibatches}) must divide the {B} responses of "
+                         f"an iteration ({name}.batch_size, capped by the {n_prompts} training prompts)")
+    if sec.ptx_coef > 0 and not has_pretrain_texts:
+        raise ValueError(f"{name}.ptx_coef > 0 needs pretraining texts (the task corpus or "
+                         f"data.pretrain_text)")
+    if sec.ratio == "none" and sec.clip != "none":
+        raise ValueError(f"{name}.ratio = 'none' (the plain −A·log π loss) has nothing to clip: "
+                         f"set {name}.clip to 'none' or choose a ratio")
+    if sec.ratio == "none" and sec.epochs * sec.minibatches > 1:
+        raise ValueError(f"{name}.ratio = 'none' is on-policy only (one gradient step per rollout), "
+                         f"but {name}.epochs × {name}.minibatches = {sec.epochs * sec.minibatches}: "
+                         f"use ratio 'token' for several steps")
+
+
+def make_policy_loss(setup: RLSetup, sec, critic_loss: Callable | None = None):
+    """``loss_fn(params, mb, hp) -> (loss, metrics)`` over a minibatch of rollout arrays.
+
+    L = AGG(l_t) − ent_coef·H + [β·AGG(k(π, π_ref)) if kl.placement == 'loss']
+        + [vf_coef·L_V if critic] + [ptx_coef·L_LM if PPO-ptx].
+    ``mb`` holds sequences, sequence_mask, tokens, logprobs, ref_logprobs, advantages and
+    ``loss_mask`` (the response mask, minus DAPO's masked groups); ``hp['kl_coef']`` is β.
+    ``critic_loss(params, mb, hidden, hp) -> (loss, metrics)`` adds the value loss.
+    """
+    cfg, P = setup.model_cfg, setup.prompt_len
+    kl_in_loss = sec.kl.placement == "loss"
+    use_ptx = sec.ptx_coef > 0
+
+    def loss_fn(params, mb, hp):
+        mask = mb["loss_mask"]
+        logits, hidden = response_logits(cfg, params["policy"], mb["sequences"], mb["sequence_mask"], P)
+        logp = token_logprobs(logits, mb["tokens"], hp["temperature"])
+        pg, metrics = policy_gradient_loss(logp, mb["logprobs"], mb["advantages"], mask, hp,
+                                           ratio=sec.ratio, clip=sec.clip, aggregation=sec.aggregation)
+        entropy = masked_mean(entropy_from_logits(logits, hp["temperature"]), mask)
+        loss = pg - hp["ent_coef"] * entropy
+        metrics = dict(metrics, **{"loss/policy": pg, "policy/entropy": entropy})
+        if kl_in_loss:
+            kl = kl_loss_term(logp, mb["ref_logprobs"], mask, sec.kl.estimator, sec.aggregation)
+            loss = loss + hp["kl_coef"] * kl
+            metrics["loss/kl"] = kl
+        if critic_loss is not None:
+            vf_loss, vm = critic_loss(params, mb, hidden, hp)
+            loss = loss + hp["vf_coef"] * vf_loss
+            metrics.update(vm, **{"loss/value": vf_loss})
+        if use_ptx:
+            ptx_logits = lm_logits(cfg, params["policy"], mb["ptx_ids"], mb["ptx_mask"])
+            ptx_loss, _ = next_token_loss(ptx_logits, mb["ptx_ids"], mb["ptx_mask"])
+            loss = loss + hp["ptx_coef"] * ptx_loss
+            metrics["loss/ptx"] = ptx_loss
+        return loss, jax.lax.stop_gradient(metrics)
+
+    return loss_fn
+
+
+def make_onpolicy_iteration(setup: RLSetup, sec, *, tx, targets: Callable, loss_fn: Callable):
+    """The jitted ``iteration(state, frozen, batch, hp) -> (state, metrics)`` (state donated).
+
+    ``targets(state, samples, frozen, batch, hp, rng) -> (data, metrics, state)`` is the family's
+    part: it turns the scored samples into the per-row training arrays (advantages, loss mask, ...)
+    and may update state fields such as the running baseline.
+    """
+    sample = make_sampler(cfg=setup.model_cfg, rm_cfg=setup.rm_cfg, max_new_tokens=setup.response_len,
+                          eos_id=setup.eos_id, pad_id=setup.pad_id,
+                          recompute_logprobs=sec.recompute_logprobs)
+    kl_update = KL_CONTROLLERS.get(sec.kl.controller)
+
+    def iteration(state: RLState, frozen, batch, hp):
+        rng, gen_rng, perm_rng, aux_rng = jax.random.split(state.rng, 4)
+        s, metrics = sample(state.train.params["policy"], frozen, batch["prompt_ids"],
+                            batch["prompt_mask"], gen_rng, hp)
+        hp = dict(hp, kl_coef=state.kl.beta)
+        data, target_metrics, state = targets(state, s, frozen, batch, hp, aux_rng)
+        data.update(sequences=s.sequences, sequence_mask=s.sequence_mask, tokens=s.tokens,
+                    logprobs=s.logprobs, ref_logprobs=s.ref_logprobs)
+        if "ptx_ids" in batch:
+            data["ptx_ids"], data["ptx_mask"] = batch["ptx_ids"], batch["ptx_mask"]
+        train, upd = run_epochs(loss_fn, tx, state.train, data, hp, perm_rng, epochs=sec.epochs,
+                                minibatches=sec.minibatches)
+        B = s.tokens.shape[0]
+        kl_state = kl_update(state.kl, metrics["objective/kl"], B, hp["kl_target"], hp["kl_horizon"])
+        metrics = {**metrics, **target_metrics, **upd, "objective/kl_coef": state.kl.beta}
+        new = state.replace(train=train, kl=kl_state, rng=rng, iteration=state.iteration + 1)
+        return new, metrics
+
+    return jax.jit(iteration, donate_argnums=(0,))
+
+
+@dataclasses.dataclass(frozen=True)
+class Algorithm:
+    """A registry entry. ``family`` does the work; ``section`` carries the preset's defaults."""
+    name: str
+    section: type
+    family: Any
+    summary: str
+    paper: str
+
+    def needs(self, sec) -> tuple[str, ...]:
+        return self.family.needs(sec)
+
+    def check(self, sec, *, n_prompts: int, has_pretrain_texts: bool) -> None:
+        self.family.check(self.name, sec, n_prompts=n_prompts, has_pretrain_texts=has_pretrain_texts)
+
+    def init(self, setup: RLSetup, sec, rng) -> RLState:
+        return self.family.init(setup, sec, rng)
+
+    def make_iteration(self, setup: RLSetup, sec):
+        return self.family.make_iteration(setup, sec)
+
+    def hparams(self, sec) -> dict:
+        return self.family.hparams(sec)
+
+    def batch(self, setup: RLSetup, sec, it: int) -> dict:
+        return prompt_batch(setup, sec, it, self.family.group_size(sec))
+
+    def responses_per_iteration(self, sec, n_prompts: int) -> int:
+        return responses_per_iteration(sec, n_prompts, self.family.group_size(sec))
+
+    @staticmethod
+    def policy(state: RLState):
+        return state.train.params["policy"]
+
+
+ALGORITHMS: Registry = Registry("algorithm")
+"""Name -> :class:`Algorithm`. ``rlhf_jax.algorithms.registry`` registers the built-in ones."""
+
+
+def frozen_inputs(setup: RLSetup, ref_params, norm: dict) -> dict:
+    return {"ref": ref_params, "rm": setup.rm_params,
+            "norm": {k: jnp.float32(v) for k, v in norm.items()}}
