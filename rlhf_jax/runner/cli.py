@@ -1,5 +1,8 @@
 """Command line: ``python -m rlhf_jax run CONFIG.yaml [key.path=value ...]``.
 
+``algorithm=NAME`` picks step 3's algorithm from the registry (default ``ppo``); its options live in
+the section of the same name (``algorithm=grpo grpo.group_size=8``).
+
 A bad config (unknown key, wrong type, out-of-range value), a missing file or malformed data ends
 the command with one line on stderr naming the culprit and exit status 2, before any compute.
 """
@@ -36,9 +39,10 @@ def main(argv=None) -> int:
     errors = _user_errors()
     try:
         from rlhf_jax.runner.config_loader import load_config
-        from rlhf_jax.runner.schema import ExperimentConfig
+        from rlhf_jax.runner.schema import ExperimentConfig, check_overrides
 
         cfg = load_config(ExperimentConfig, args.config, args.overrides)
+        check_overrides(cfg, args.overrides)
         from rlhf_jax.runner.pipeline import run_experiment
 
         summary = run_experiment(cfg)

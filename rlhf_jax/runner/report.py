@@ -1,9 +1,13 @@
 """Run report: ``report.md`` with a summary table, PNG plots of the metrics and the resolved config.
 
-Reads ``run_dir/metrics.jsonl`` (lines carrying a ``stage``: 'pretrain', 'sft', 'reward', 'ppo',
+Reads ``run_dir/metrics.jsonl`` (lines carrying a ``stage``: 'pretrain', 'sft', 'reward', 'rl',
 'eval'), ``summary.json`` and ``config.yaml`` (each optional) and writes ``run_dir/report.md`` and
 ``run_dir/plots/*.png``. Every metric is drawn against the steps of the stage that logged it (one
 line per stage that logged it). A panel whose metrics are all absent is left out.
+
+The fixed panels (``PANELS``) use the names every algorithm logs; after them, whatever else step 3
+logged is drawn too, one figure per metric namespace (``policy/``, ``val/``, ``group/``, ``loss/``,
+...), one small axis per metric, so a new algorithm's diagnostics appear without touching this file.
 """
 
 from __future__ import annotations
@@ -41,6 +45,26 @@ PANELS = (
 )
 
 
+RL_STAGE = "rl"
+_PER_ROW = 4
+
+
+def _namespace_panels(records: list[dict]) -> list[Panel]:
+    """One panel per namespace of the step-3 metrics that no fixed panel draws."""
+    fixed = {key for panel in PANELS for _, keys in panel.axes for key in keys}
+    names: dict[str, list[str]] = {}
+    for rec in records:
+        if rec.get("stage") != RL_STAGE:
+            continue
+        for key, value in rec.items():
+            if key in fixed or key in ("stage", "step", "time") or key in names.get(key.split("/")[0], ()):
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                names.setdefault(key.split("/")[0] if "/" in key else "other", []).append(key)
+    return [Panel(f"rl_{ns}", f"Step 3: {ns}/ metrics", tuple((k, (k,)) for k in sorted(keys)))
+            for ns, keys in sorted(names.items())]
+
+
 def _series(records: list[dict], key: str) -> dict[str, tuple[list[int], list[float]]]:
     """{stage: (steps, values)} of one metric, in file order."""
     out: dict[str, tuple[list[int], list[float]]] = {}
@@ -65,8 +89,13 @@ def _plot_panel(panel: Panel, records: list[dict], summary: dict, plots_dir: pat
             axes_data.append((ylabel, lines))
     if not axes_data:
         return None
-    fig, axes = plt.subplots(1, len(axes_data), figsize=(5.5 * len(axes_data), 3.8), squeeze=False)
-    for ax, (ylabel, lines) in zip(axes[0], axes_data):
+    n_cols = min(len(axes_data), _PER_ROW) if len(panel.axes) > 2 else len(axes_data)
+    n_rows = -(-len(axes_data) // n_cols)
+    width = 5.5 if len(panel.axes) <= 2 else 4.0
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, 3.4 * n_rows + 0.4), squeeze=False)
+    for ax in axes.flat[len(axes_data):]:
+        ax.set_visible(False)
+    for ax, (ylabel, lines) in zip(axes.flat, axes_data):
         stages = sorted({stage for _, stage, _ in lines})
         for key, stage, (steps, values) in lines:
             label = key if len(stages) == 1 else f"{key} ({stage})"
@@ -154,7 +183,7 @@ def write_report(run_dir: str | os.PathLike) -> pathlib.Path:
 
     parts += ["## Plots", ""]
     n_plots = 0
-    for panel in PANELS:
+    for panel in PANELS + tuple(_namespace_panels(records)):
         rel = _plot_panel(panel, records, summary, plots_dir)
         if rel is not None:
             parts += [f"### {panel.title}", "", f"![{panel.title}]({rel})", ""]

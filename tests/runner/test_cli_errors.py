@@ -65,3 +65,36 @@ def test_unknown_task_and_preset(tmp_path):
     assert "task.name" in line and "sentiment_reviews" in line
     line = _one_line_error(_run(QUICKSTART, f"run.out_dir={tmp_path / 'r2'}", "model.preset=tinyy"))
     assert "model.preset" in line and "tiny" in line
+
+
+def test_unknown_algorithm_lists_every_registered_name():
+    from rlhf_jax.algorithms.registry import ALGORITHMS
+
+    line = _one_line_error(_run(QUICKSTART, "algorithm=zzz"))
+    assert "'algorithm'" in line and "zzz" in line
+    for name in ALGORITHMS.names():
+        assert repr(name) in line, name
+
+
+def test_algorithm_whose_needs_are_unmet(tmp_path):
+    line = _one_line_error(_run(QUICKSTART, f"run.out_dir={tmp_path / 'r'}", "algorithm=rloo",
+                                "rloo.group_size=1"))
+    assert "rloo.group_size = 1" in line and "at least 2 responses per prompt" in line
+    assert not os.path.exists(tmp_path / "r" / "checkpoints")  # nothing was computed
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("a2c.clip_eps_hi=0.3", "unknown key 'a2c.clip_eps_hi'; did you mean 'a2c.clip_eps_high'?"),
+    ("a2c.group_size=4", "unknown key 'a2c.group_size'"),       # a critic-free option
+    ("a2c.dual_clip_c=0.5", "'a2c.dual_clip_c' must be >= 1.0"),
+])
+def test_option_the_algorithm_does_not_have(override, needle):
+    line = _one_line_error(_run(QUICKSTART, "algorithm=a2c", override))
+    assert needle in line
+
+
+def test_override_of_another_algorithms_section():
+    line = _one_line_error(_run(QUICKSTART, "algorithm=grpo", "ppo.vf_coef=0.5"))
+    assert "uses algorithm 'grpo'" in line and "'grpo.vf_coef'" in line
+    line = _one_line_error(_run(QUICKSTART, "rloo.group_size=8"))  # default algorithm is ppo
+    assert "uses algorithm 'ppo'" in line and "algorithm=rloo" in line

@@ -1,7 +1,9 @@
-"""End-to-end: the quickstart pipeline learns, the KL penalty works, a killed run resumes bitwise.
+"""End-to-end: the quickstart pipeline learns with every registered algorithm, the KL penalty works,
+a killed run resumes bitwise.
 
-One full run of ``experiments/quickstart.yaml`` (module fixture) is shared: the beta = 0 run and
-the kill/resume run reuse its steps 1–2 (``run.reuse_from``) so only PPO is repeated.
+One full run of ``experiments/quickstart.yaml`` (module fixture, PPO) is shared: every other run
+reuses its steps 1–2 (``run.reuse_from``) so only step 3 is repeated, under the same rollout budget
+(60 iterations × 64 sampled responses).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICKSTART = os.path.join(ROOT, "experiments", "quickstart.yaml")
-TIME_KEYS = ("wall_time_s", "ppo_iteration_time_s", "stage_time_s")
+TIME_KEYS = ("wall_time_s", "rl_iteration_time_s", "stage_time_s")
 
 
 def _cfg(out_dir, *overrides):
@@ -63,7 +65,8 @@ def test_run_dir_contents(base_run):
     report = open(os.path.join(out, "report.md")).read()
     assert "plots/" in report
     stages = {json.loads(line)["stage"] for line in open(os.path.join(out, "metrics.jsonl"))}
-    assert {"pretrain", "reward", "ppo", "eval"} <= stages
+    assert {"pretrain", "reward", "rl", "eval"} <= stages
+    assert s["algorithm"] == "ppo"
 
 
 def test_kl_penalty_limits_drift(base_run, tmp_path):
@@ -76,7 +79,7 @@ def test_kl_penalty_limits_drift(base_run, tmp_path):
 
 def _final_ppo_params(run_dir):
     ck = RunCheckpoints(run_dir)
-    path = os.path.join(ck.root, "ppo", str(ck.latest_step("ppo")))
+    path = os.path.join(ck.root, "rl", str(ck.latest_step("rl")))
     import orbax.checkpoint as ocp
 
     restored = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
@@ -84,14 +87,48 @@ def _final_ppo_params(run_dir):
     return restored
 
 
-def test_killed_run_resumes_bitwise(base_run, tmp_path):
-    out, s = base_run
+PRESETS = ["a2c", "cispo", "dapo", "dr_grpo", "gspo", "grpo", "reinforce", "remax", "rloo"]
+_preset_runs: dict[str, tuple[str, dict]] = {}
+
+
+def _preset_run(name, base_run, tmp_path_factory):
+    """Step 3 of algorithm ``name`` on the base run's LM and reward model (run once per module)."""
+    if name not in _preset_runs:
+        out = str(tmp_path_factory.mktemp(name))
+        s = Pipeline(_cfg(out, f"algorithm={name}", f"run.reuse_from={base_run[0]}")).run()
+        _preset_runs[name] = out, s
+    return _preset_runs[name]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_algorithm_learns(name, base_run, tmp_path_factory):
+    """Same rollout budget as the quickstart's PPO; gold closes >= 40% of the gap to best-of-16."""
+    _, base = base_run
+    out, s = _preset_run(name, base_run, tmp_path_factory)
+    assert s["algorithm"] == name
+    cfg_text = open(os.path.join(out, "config.yaml")).read()
+    assert f"algorithm: {name}" in cfg_text and f"\n{name}:\n" in cfg_text and "\nppo:" not in cfg_text
+    for key in ("gold_reward_initial", "gold_reward_best_of_16", "rm_eval_accuracy"):
+        assert s[key] == base[key], key  # steps 1-2 and the initial evaluation are shared
+    target = s["gold_reward_initial"] + 0.4 * (s["gold_reward_best_of_16"] - s["gold_reward_initial"])
+    assert s["gold_reward_final"] >= target, s
+    assert np.isfinite(s["kl_to_reference_final"]), s
+    rows = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+    rl = [r for r in rows if r["stage"] == "rl"]
+    assert [r["step"] for r in rl] == list(range(1, 61))
+    for key in ("objective/scores", "objective/kl", "objective/entropy", "response/length"):
+        assert all(np.isfinite(r[key]) for r in rl), key
+
+
+@pytest.mark.parametrize("algorithm", ["ppo", "rloo"])
+def test_killed_run_resumes_bitwise(algorithm, base_run, tmp_path, tmp_path_factory):
+    out, s = base_run if algorithm == "ppo" else _preset_run(algorithm, base_run, tmp_path_factory)
     run_dir = str(tmp_path / "resumed")
     cmd = [sys.executable, "-m", "rlhf_jax", "run", QUICKSTART, f"run.out_dir={run_dir}",
-           f"run.reuse_from={out}", "run.progress=false"]
+           f"run.reuse_from={base_run[0]}", "run.progress=false", f"algorithm={algorithm}"]
     env = dict(os.environ, RLHF_JAX_NO_PROGRESS="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    ckpt_dir = os.path.join(run_dir, "checkpoints", "ppo")
+    ckpt_dir = os.path.join(run_dir, "checkpoints", "rl")
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
@@ -115,9 +152,9 @@ def test_killed_run_resumes_bitwise(base_run, tmp_path):
     assert len(leaves_a) == len(leaves_b) > 0
     for x, y in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    # metrics.jsonl holds each PPO step once
+    # metrics.jsonl holds each RL step once
     steps = [json.loads(line)["step"] for line in open(os.path.join(run_dir, "metrics.jsonl"))
-             if json.loads(line)["stage"] == "ppo"]
+             if json.loads(line)["stage"] == "rl"]
     assert steps == sorted(set(steps))
 
 
@@ -128,9 +165,9 @@ def test_ppo_ptx_and_shared_critic_run(base_run, tmp_path):
     s = Pipeline(_cfg(run_dir, f"run.reuse_from={out}", "ppo.iterations=4", "ppo.ptx_coef=0.5",
                       "ppo.critic=shared", "ppo.eval_every=2", "run.checkpoint_every=2")).run()
     rows = [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl"))]
-    ppo = [r for r in rows if r["stage"] == "ppo"]
-    assert len(ppo) == 4
-    for r in ppo:
+    rl = [r for r in rows if r["stage"] == "rl"]
+    assert len(rl) == 4
+    for r in rl:
         for key in ("loss/ptx", "val/vf_explained_var", "policy/approxkl", "policy/clipfrac",
                     "val/clipfrac", "objective/kl", "objective/entropy", "objective/rlhf_reward",
                     "response/eos_rate", "objective/kl_coef"):

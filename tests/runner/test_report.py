@@ -23,7 +23,7 @@ def make_run(run_dir, with_kl=True, with_reward=True):
             m = {"objective/scores": 0.1 * s}
             if with_kl:
                 m.update({"objective/kl": 0.2 * s, "objective/kl_coef": 0.1})
-            log.log(s, m, "ppo")
+            log.log(s, m, "rl")
             if s % 2 == 0:
                 log.log(s, {"eval/gold_reward": float("nan") if s == 2 else 0.05 * s}, "eval")
     (run_dir / "summary.json").write_text(json.dumps(
@@ -69,7 +69,7 @@ def test_full_report(tmp_path, monkeypatch):
     assert "| `name` | a\\|b |" in text
     # the resolved config in a fenced block
     assert "```yaml\nseed: 0\nppo:\n  lr: 1.0e-05\n```" in text
-    assert "stages: eval, ppo, pretrain, reward, sft" in text
+    assert "stages: eval, pretrain, reward, rl, sft" in text
 
 
 def test_missing_metrics_omit_their_panels(tmp_path):
@@ -95,5 +95,20 @@ def test_report_after_pyplot_was_imported(tmp_path):
     import matplotlib.pyplot  # noqa: F401  (write_report must still select Agg and work)
 
     with MetricsLogger(tmp_path) as log:
-        log.log(0, {"objective/kl": 1.0}, "ppo")
+        log.log(0, {"objective/kl": 1.0}, "rl")
     assert linked_pngs(write_report(tmp_path).read_text()) == ["plots/kl.png"]
+
+
+def test_whatever_step_3_logged_is_drawn(tmp_path):
+    """No algorithm-specific names in the report: each metric namespace gets its own figure."""
+    with MetricsLogger(tmp_path) as log:
+        for s in range(3):
+            log.log(s, {"objective/kl": 0.1 * s, "policy/clipfrac": 0.1, "policy/approxkl": 0.01 * s,
+                        "group/zero_variance_frac": 0.25, "val/vf_explained_var": 0.5,
+                        "policy/new_thing": float(s)}, "rl")
+        log.log(0, {"pretrain/loss": 2.0}, "pretrain")  # other stages are not auto-drawn
+    text = write_report(tmp_path).read_text()
+    assert linked_pngs(text) == ["plots/kl.png", "plots/sft.png", "plots/rl_group.png",
+                                 "plots/rl_policy.png", "plots/rl_val.png"]
+    for rel in linked_pngs(text):
+        assert_valid_png(tmp_path / rel)
