@@ -185,7 +185,9 @@ def make_onpolicy_iteration(setup: RLSetup, sec, *, tx, targets: Callable, loss_
     sample = make_sampler(cfg=setup.model_cfg, rm_cfg=setup.rm_cfg, max_new_tokens=setup.response_len,
                           eos_id=setup.eos_id, pad_id=setup.pad_id,
                           recompute_logprobs=sec.recompute_logprobs)
-    kl_update = KL_CONTROLLERS.get(sec.kl.controller)
+    # With the KL placed nowhere β is never used: it stays put (and is reported as 0).
+    kl_used = sec.kl.placement != "none"
+    kl_update = KL_CONTROLLERS.get(sec.kl.controller if kl_used else "fixed")
 
     def iteration(state: RLState, frozen, batch, hp):
         rng, gen_rng, perm_rng, aux_rng = jax.random.split(state.rng, 4)
@@ -201,7 +203,8 @@ def make_onpolicy_iteration(setup: RLSetup, sec, *, tx, targets: Callable, loss_
                                 minibatches=sec.minibatches)
         B = s.tokens.shape[0]
         kl_state = kl_update(state.kl, metrics["objective/kl"], B, hp["kl_target"], hp["kl_horizon"])
-        metrics = {**metrics, **target_metrics, **upd, "objective/kl_coef": state.kl.beta}
+        metrics = {**metrics, **target_metrics, **upd,
+                   "objective/kl_coef": state.kl.beta if kl_used else jnp.float32(0.0)}
         new = state.replace(train=train, kl=kl_state, rng=rng, iteration=state.iteration + 1)
         return new, metrics
 

@@ -110,7 +110,7 @@ def ppo_targets(s: Samples, values, beta, hp, *, kl_estimator: str = "k1", kl_in
     """PPO's part of the rollout: KL-penalised per-token rewards, GAE, whitened advantages.
 
     ``values`` [B, N] are the critic's ``V(s_t)`` of the rollout. Returns
-    ``(rewards, advantages, returns, metrics)`` with ``objective/rlhf_reward`` (score − β·Σ kl),
+    ``(values (masked), rewards, advantages, returns, metrics)`` with ``objective/rlhf_reward`` (score − β·Σ kl),
     ``val/value_mean`` and ``val/vf_explained_var``.
     """
     maskf = s.mask.astype(jnp.float32)

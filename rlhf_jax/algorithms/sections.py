@@ -51,10 +51,11 @@ class KLConfig:
     placement: Literal["reward", "loss", "none"] = "reward"  # per-token penalty in the reward
     #   (Ziegler 2019), a separate loss term β·AGG(k) against the reference (GRPO), or none
     estimator: str = chosen("k1", KL_ESTIMATORS)  # k1 | k2 | k3 (Schulman's estimators)
-    controller: Literal["adaptive", "fixed"] = "adaptive"  # adaptive: Ziegler et al. 2019
+    controller: Literal["adaptive", "fixed"] = "adaptive"  # adaptive: Ziegler et al. 2019, driven
+    #   by the measured k1 KL per response; with placement 'none' β is unused and stays put
     beta: float = ranged(0.05, 0.0)          # initial / fixed KL coefficient
     target: float = ranged(3.0, 1e-6)        # adaptive: target KL (nats per response)
-    horizon: int = ranged(2000, 1)           # adaptive: horizon in rollouts
+    horizon: int = ranged(2000, 1)           # adaptive: horizon in sampled responses
 
 
 @dataclasses.dataclass(frozen=True)

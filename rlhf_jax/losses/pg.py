@@ -10,7 +10,7 @@ function registered by name (RLHF_NOTES, "The 2025 policy-gradient variants"). W
   * ``sequence``: ρ_t = s_i = exp(Σ_t m_t·Δ_t / Σ_t m_t)  for every token of response i (GSPO,
     Zheng et al. 2025: the length-normalised sequence log-ratio)
   * ``none``: no ratio, the plain score-function loss l_t = −A_t·log π_θ(y_t) (A2C, Gopher; vanilla
-    REINFORCE). It ignores the clip mode.
+    REINFORCE); it has nothing to clip, so the algorithms' configs require ``clip: none`` with it.
 
 **Clip** (``CLIPS``), ε_l = ``clip_eps``, ε_h = ``clip_eps_high``
   * ``ppo``: l = max(−ρ·A, −clip(ρ, 1 − ε_l, 1 + ε_h)·A) (symmetric when ε_h = ε_l; "clip-higher"

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.losses.common import kl_estimate, masked_mean
+from rlhf_jax.losses.pg import policy_gradient_loss
 from rlhf_jax.losses.registry import LOSSES
 
 Array = jax.Array
@@ -46,25 +47,11 @@ def kl_penalized_rewards(scores: Array, logp: Array, ref_logp: Array, mask: Arra
 def ppo_policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Array, clip_eps):
     """Clipped surrogate: ρ = exp(logp − old_logp),
         L = masked_mean(max(−ρ·A, −clip(ρ, 1 − ε, 1 + ε)·A))
-    over all valid tokens. ``old_logp`` and ``advantages`` are treated as constants.
-    Metrics: ``policy/loss``, ``policy/approxkl`` (½·mean((logp − old)²)), ``policy/clipfrac``
-    (fraction of valid tokens where the clipped term is the active one), ``policy/ratio_mean``.
+    over all valid tokens: the ``token`` ratio, ``ppo`` clip and ``token_mean`` aggregation of
+    ``losses.pg.policy_gradient_loss`` (same metrics). ``old_logp`` and ``advantages`` are constants.
     """
-    ok = jnp.broadcast_to(mask, logp.shape) != 0
-    log_ratio = jnp.where(ok, logp - jax.lax.stop_gradient(old_logp), 0.0)
-    adv = jnp.where(ok, jax.lax.stop_gradient(advantages), 0.0)
-    eps = jnp.asarray(clip_eps, jnp.float32)
-    ratio = jnp.exp(log_ratio)
-    unclipped = -adv * ratio
-    clipped = -adv * jnp.clip(ratio, 1.0 - eps, 1.0 + eps)
-    loss = masked_mean(jnp.maximum(unclipped, clipped), mask)
-    metrics = {
-        "policy/loss": loss,
-        "policy/approxkl": 0.5 * masked_mean(jnp.square(log_ratio), mask),
-        "policy/clipfrac": masked_mean((clipped > unclipped).astype(jnp.float32), mask),
-        "policy/ratio_mean": masked_mean(ratio, mask),
-    }
-    return loss, jax.lax.stop_gradient(metrics)
+    return policy_gradient_loss(logp, old_logp, advantages, mask, {"clip_eps": clip_eps},
+                                ratio="token", clip="ppo", aggregation="token_mean")
 
 
 @LOSSES.register("ppo_value")
@@ -95,12 +82,7 @@ def ppo_value_loss(values: Array, old_values: Array, returns: Array, mask: Array
 
 @LOSSES.register("a2c_policy")
 def a2c_policy_loss(logp: Array, advantages: Array, mask: Array):
-    """A2C policy loss (Gopher): L = −masked_mean(logp·A), no ratio, A treated as a constant.
-
-    Returns ``(loss, metrics)`` with ``policy/loss`` and ``policy/adv_mean``.
-    """
-    ok = jnp.broadcast_to(mask, logp.shape) != 0
-    adv = jnp.where(ok, jax.lax.stop_gradient(advantages), 0.0)
-    loss = -masked_mean(jnp.where(ok, logp, 0.0) * adv, mask)
-    metrics = {"policy/loss": loss, "policy/adv_mean": masked_mean(adv, mask)}
-    return loss, jax.lax.stop_gradient(metrics)
+    """A2C policy loss (Gopher): L = −masked_mean(logp·A), no ratio, A treated as a constant
+    (``policy_gradient_loss`` with ratio ``none``). Returns ``(loss, metrics)``."""
+    return policy_gradient_loss(logp, logp, advantages, mask, {"clip_eps": 0.0}, ratio="none",
+                                clip="none", aggregation="token_mean")

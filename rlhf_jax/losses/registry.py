@@ -81,7 +81,7 @@ KL_ESTIMATORS: Registry = Registry("kl estimator")
 """Per-token KL estimators ``(logp, ref_logp) -> [B, T]``: 'k1', 'k2', 'k3' (see ``common``)."""
 
 ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator")
-"""'gae' (token level, critic) and 'rloo' / 'grpo' / 'dr_grpo' / 'reinforce' (sequence level)."""
+"""'gae' (token level, critic) and 'rloo' / 'grpo' / 'dr_grpo' / 'reinforce' / 'remax' (sequence level)."""
 
 LOSSES: Registry = Registry("loss")
 """Array-level losses returning ``(loss, metrics)``."""
