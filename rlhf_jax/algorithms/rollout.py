@@ -40,10 +40,11 @@ class Samples:
 
 
 def response_logits(cfg, params, sequences, sequence_mask, prompt_len: int):
-    """Logits predicting the response tokens, and the hidden states of the states before them."""
-    logits, hidden, _ = forward(cfg, params, sequences, sequence_mask)
-    sl = slice(prompt_len - 1, sequences.shape[1] - 1)
-    return logits[:, sl], hidden[:, sl]
+    """Logits predicting the response tokens, and the hidden states of the states before them
+    (the LM head runs at those positions only)."""
+    start, stop = prompt_len - 1, sequences.shape[1] - 1
+    logits, hidden, _ = forward(cfg, params, sequences, sequence_mask, logits_range=(start, stop))
+    return logits, hidden[:, start:stop]
 
 
 def critic_values(critic_cfg, critic_params, sequences, sequence_mask, prompt_len: int):

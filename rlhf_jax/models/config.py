@@ -46,6 +46,9 @@ class TransformerConfig:
       family: which Hugging Face architecture this maps to.
       param_dtype: dtype of the parameters ('float32', 'bfloat16').
       dtype: compute dtype of activations; logits are always returned in float32.
+      scan_layers: uncached forwards (training, scoring) run the blocks as one ``lax.scan`` over
+        the layer weights stacked on the fly, so compile time does not grow with depth; decoding
+        with a KV cache keeps the unrolled loop (its per-step weight reads stay copy-free).
     """
 
     vocab_size: int = 256
@@ -68,6 +71,7 @@ class TransformerConfig:
     family: str = "gpt2"
     param_dtype: str = "float32"
     dtype: str = "float32"
+    scan_layers: bool = True
 
     def __post_init__(self):
         checks = [

@@ -177,12 +177,14 @@ class Transformer(nn.Module):
     """Decoder LM. ``__call__`` returns ``(logits f32 [B,T,V], hidden [B,T,D], new_cache)``.
 
     ``last_only``: logits of the last position only (``[B, 1, V]``; prefill needs no more).
+    ``logits_range``: ``(start, stop)``, logits of those positions only (the LM head is the largest
+    matmul of a forward at a real vocabulary; RL needs it at the response positions alone).
     """
 
     cfg: TransformerConfig
 
     @nn.compact
-    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=False):
+    def __call__(self, input_ids, attention_mask=None, cache=None, last_only=False, logits_range=None):
         cfg = self.cfg
         B, T = input_ids.shape
         if attention_mask is None:
@@ -210,12 +212,26 @@ class Transformer(nn.Module):
             x = x + pos_table.astype(cfg.jnp_dtype)[positions]
 
         new_layers = {}
-        for i in range(cfg.n_layers):
-            layer_cache = None if cache is None else cache["layers"][f"layer_{i}"]
-            x, lc = Block(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
-            new_layers[f"layer_{i}"] = lc
+        if cfg.scan_layers and cache is None and cfg.n_layers > 1 and not self.is_initializing():
+            # One compiled block for every layer: stack the layer weights and scan over them.
+            layers = [self.variables["params"][f"layer_{i}"] for i in range(cfg.n_layers)]
+            stacked = jax.tree_util.tree_map(lambda *ws: jnp.stack(ws), *layers)
+            block = Block(cfg, parent=None)
+
+            def body(h, layer_params):
+                h, _ = block.apply({"params": layer_params}, h, positions, key_mask, 0, None)
+                return h, None
+
+            x, _ = jax.lax.scan(body, x, stacked)
+        else:
+            for i in range(cfg.n_layers):
+                layer_cache = None if cache is None else cache["layers"][f"layer_{i}"]
+                x, lc = Block(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
+                new_layers[f"layer_{i}"] = lc
         hidden = Norm(cfg, name="final_norm")(x)
         out_hidden = hidden[:, -1:] if last_only else hidden
+        if logits_range is not None:
+            out_hidden = out_hidden[:, logits_range[0]:logits_range[1]]
 
         if cfg.tie_embeddings:
             logits = linear(out_hidden, embed.astype(cfg.jnp_dtype))
@@ -244,9 +260,9 @@ def param_logical_axes(cfg: TransformerConfig):
 
 
 def forward(cfg: TransformerConfig, params, input_ids, attention_mask=None, cache=None, *,
-            last_only: bool = False):
+            last_only: bool = False, logits_range: tuple[int, int] | None = None):
     """``(logits f32 [B,T,V], hidden [B,T,D], new_cache)``; pure, jit it with cfg static."""
-    return Transformer(cfg).apply(params, input_ids, attention_mask, cache, last_only)
+    return Transformer(cfg).apply(params, input_ids, attention_mask, cache, last_only, logits_range)
 
 
 def logits(cfg: TransformerConfig, params, input_ids, attention_mask=None) -> Array:
