@@ -21,6 +21,9 @@ ARCHITECTURES = {
 }
 
 
+SCAN_MIN_LAYERS = 4  # see TransformerConfig.scan_layers
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """Decoder-only transformer hyperparameters.
@@ -49,6 +52,9 @@ class TransformerConfig:
       scan_layers: uncached forwards (training, scoring) run the blocks as one ``lax.scan`` over
         the layer weights stacked on the fly, so compile time does not grow with depth; decoding
         with a KV cache keeps the unrolled loop (its per-step weight reads stay copy-free).
+        None: scan from ``SCAN_MIN_LAYERS`` layers on. Measured on a 2-core CPU: a GPT-2-small PPO
+        iteration compiles in 30 s instead of 52 s and runs 1.3x faster scanned, while a 2-layer
+        model's fwd+bwd is 1.4x slower scanned (the loop costs more than it saves there).
     """
 
     vocab_size: int = 256
@@ -71,7 +77,7 @@ class TransformerConfig:
     family: str = "gpt2"
     param_dtype: str = "float32"
     dtype: str = "float32"
-    scan_layers: bool = True
+    scan_layers: bool | None = None
 
     def __post_init__(self):
         checks = [
@@ -89,6 +95,10 @@ class TransformerConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"TransformerConfig: {msg}")
+
+    @property
+    def scans_layers(self) -> bool:
+        return self.n_layers >= SCAN_MIN_LAYERS if self.scan_layers is None else self.scan_layers
 
     @property
     def jnp_dtype(self):

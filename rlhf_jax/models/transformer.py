@@ -212,7 +212,7 @@ class Transformer(nn.Module):
             x = x + pos_table.astype(cfg.jnp_dtype)[positions]
 
         new_layers = {}
-        if cfg.scan_layers and cache is None and cfg.n_layers > 1 and not self.is_initializing():
+        if cfg.scans_layers and cache is None and cfg.n_layers > 1 and not self.is_initializing():
             # One compiled block for every layer: stack the layer weights and scan over them.
             layers = [self.variables["params"][f"layer_{i}"] for i in range(cfg.n_layers)]
             stacked = jax.tree_util.tree_map(lambda *ws: jnp.stack(ws), *layers)

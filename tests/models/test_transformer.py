@@ -158,3 +158,23 @@ def test_bfloat16_compute_runs_and_stays_close(model):
         lg2 = jax.jit(lambda p, i, m: logits(b2, p, i, m))(p2, ids, mask)
         assert lg2.dtype == jnp.float32
         assert np.abs(np.asarray(lg2)[real] - r).max() <= 0.03 * scale + 1e-3
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
+def test_scanned_layers_equal_the_unrolled_loop(preset):
+    """scan_layers (one compiled block over stacked weights) is the same function, values and grads."""
+    cfg = get_preset(preset, vocab_size=64, n_layers=4)
+    assert cfg.scans_layers and not cfg.replace(scan_layers=False).scans_layers
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    ids = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, 64)
+    mask = jnp.ones((2, 9), jnp.int32).at[0, :3].set(0)
+
+    def loss(c, p):
+        lg, hidden, _ = forward(c, p, ids, mask)
+        return (lg[:, 3:] ** 2).mean() + hidden.mean()
+
+    a, ga = jax.value_and_grad(lambda p: loss(cfg, p))(params)
+    b, gb = jax.value_and_grad(lambda p: loss(cfg.replace(scan_layers=False), p))(params)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    for x, y in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
