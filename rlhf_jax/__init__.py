@@ -1,3 +1,3 @@
-"""rlhf_jax: RLHF on language models in JAX/Flax (pretrain/SFT → reward model → PPO)."""
+"""rlhf_jax: RLHF on language models in JAX/Flax (pretrain/SFT → reward model → RL by algorithm name)."""
 
 __version__ = "0.1.0"
