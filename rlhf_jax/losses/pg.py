@@ -74,7 +74,8 @@ def no_ratio(logp: Array, old_logp: Array, mask: Array) -> None:
     return None
 
 
-# --- clip modes: (ratio, logp, adv, hp) -> per-token loss [B, T] -------------------------------
+# --- clip modes: (ratio, logp, adv, hp) -> (per-token loss [B, T], clip active [B, T]) ----------
+# "active" is 1.0 where the clip changes the token's gradient (the clipfrac diagnostic).
 
 
 def _eps(hp):
@@ -82,33 +83,40 @@ def _eps(hp):
     return lo, jnp.asarray(hp.get("clip_eps_high", lo), jnp.float32)
 
 
+def _ppo_active(ratio, adv, lo, hi):
+    return ((adv > 0) & (ratio > 1.0 + hi)) | ((adv < 0) & (ratio < 1.0 - lo))
+
+
 @CLIPS.register("ppo")
-def ppo_clip(ratio: Array, logp: Array, adv: Array, hp) -> Array:
+def ppo_clip(ratio: Array, logp: Array, adv: Array, hp):
     """max(−ρA, −clip(ρ, 1 − ε_low, 1 + ε_high)·A)."""
     lo, hi = _eps(hp)
-    return jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - lo, 1.0 + hi))
+    loss = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1.0 - lo, 1.0 + hi))
+    return loss, _ppo_active(ratio, adv, lo, hi).astype(jnp.float32)
 
 
 @CLIPS.register("dual")
-def dual_clip(ratio: Array, logp: Array, adv: Array, hp) -> Array:
+def dual_clip(ratio: Array, logp: Array, adv: Array, hp):
     """Dual-clip PPO: for A < 0 the loss is additionally capped at −c·A (c > 1, ``dual_clip_c``)."""
     c = jnp.asarray(hp["dual_clip_c"], jnp.float32)
-    base = ppo_clip(ratio, logp, adv, hp)
-    return jnp.where(adv < 0, jnp.minimum(base, -c * adv), base)
+    lo, hi = _eps(hp)
+    base, _ = ppo_clip(ratio, logp, adv, hp)
+    active = _ppo_active(ratio, adv, lo, hi) | ((adv < 0) & (ratio > c))
+    return jnp.where(adv < 0, jnp.minimum(base, -c * adv), base), active.astype(jnp.float32)
 
 
 @CLIPS.register("cispo")
-def cispo_clip(ratio: Array, logp: Array, adv: Array, hp) -> Array:
+def cispo_clip(ratio: Array, logp: Array, adv: Array, hp):
     """CISPO: −sg(min(ρ, 1 + ε_high))·A·log π_θ (the clipped weight carries no gradient)."""
     _, hi = _eps(hp)
     weight = jax.lax.stop_gradient(jnp.minimum(ratio, 1.0 + hi))
-    return -weight * adv * logp
+    return -weight * adv * logp, (ratio > 1.0 + hi).astype(jnp.float32)
 
 
 @CLIPS.register("none")
-def no_clip(ratio: Array, logp: Array, adv: Array, hp) -> Array:
+def no_clip(ratio: Array, logp: Array, adv: Array, hp):
     """−ρ·A, unclipped."""
-    return -adv * ratio
+    return -adv * ratio, jnp.zeros_like(ratio)
 
 
 # --- aggregations: (loss [B, T], mask) -> scalar -----------------------------------------------
@@ -177,9 +185,9 @@ def policy_gradient_loss(logp: Array, old_logp: Array, advantages: Array, mask: 
         rho_sg, clipped = jnp.ones_like(logp_c), jnp.zeros_like(logp_c)
     else:
         rho = jnp.where(ok, rho, 1.0)
-        per_token = CLIPS.get(clip)(rho, logp_c, adv, hp)
+        per_token, clipped = CLIPS.get(clip)(rho, logp_c, adv, hp)
         rho_sg = jax.lax.stop_gradient(rho)
-        clipped = _clip_active(clip, rho_sg, adv, hp)
+        clipped = jax.lax.stop_gradient(clipped)
     loss = AGGREGATIONS.get(aggregation)(per_token, mask)
     metrics = {
         "policy/loss": loss,
@@ -189,20 +197,6 @@ def policy_gradient_loss(logp: Array, old_logp: Array, advantages: Array, mask: 
         "policy/adv_mean": masked_mean(adv, mask),
     }
     return loss, jax.lax.stop_gradient(metrics)
-
-
-def _clip_active(clip: str, rho: Array, adv: Array, hp) -> Array:
-    """1.0 where the clip changes the token's gradient (for the clipfrac diagnostic)."""
-    lo, hi = _eps(hp)
-    if clip == "none":
-        return jnp.zeros_like(rho)
-    if clip == "cispo":
-        return (rho > 1.0 + hi).astype(jnp.float32)
-    out_of_range = ((adv > 0) & (rho > 1.0 + hi)) | ((adv < 0) & (rho < 1.0 - lo))
-    if clip == "dual":
-        c = jnp.asarray(hp["dual_clip_c"], jnp.float32)
-        out_of_range = out_of_range | ((adv < 0) & (rho > c))
-    return out_of_range.astype(jnp.float32)
 
 
 def kl_loss_term(logp: Array, ref_logp: Array, mask: Array, estimator: str = "k3",
