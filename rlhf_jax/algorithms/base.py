@@ -28,7 +28,7 @@ import numpy as np
 
 from rlhf_jax.algorithms.kl_controller import KL_CONTROLLERS, KLState, init_kl_state
 from rlhf_jax.algorithms.rollout import make_sampler, response_logits
-from rlhf_jax.algorithms.step import run_epochs
+from rlhf_jax.algorithms.step import GUARD_KEY, nonfinite_code, run_epochs
 from rlhf_jax.algorithms.train_state import TrainState, create_state
 from rlhf_jax.data.encoding import batch_indices
 from rlhf_jax.losses.common import entropy_from_logits, masked_mean, token_logprobs
@@ -175,6 +175,10 @@ def make_policy_loss(setup: RLSetup, sec, critic_loss: Callable | None = None):
     return loss_fn
 
 
+RL_GUARDED = ("optim/", "loss/", "objective/scores", "objective/kl", "objective/kl_coef")
+"""Metrics of an RL iteration the non-finite guard checks (names, or prefixes ending in '/')."""
+
+
 def make_onpolicy_iteration(setup: RLSetup, sec, *, tx, targets: Callable, loss_fn: Callable):
     """The jitted ``iteration(state, frozen, batch, hp) -> (state, metrics)`` (state donated).
 
@@ -205,6 +209,7 @@ def make_onpolicy_iteration(setup: RLSetup, sec, *, tx, targets: Callable, loss_
         kl_state = kl_update(state.kl, metrics["objective/kl"], B, hp["kl_target"], hp["kl_horizon"])
         metrics = {**metrics, **target_metrics, **upd,
                    "objective/kl_coef": state.kl.beta if kl_used else jnp.float32(0.0)}
+        metrics[GUARD_KEY] = nonfinite_code(metrics, RL_GUARDED)
         new = state.replace(train=train, kl=kl_state, rng=rng, iteration=state.iteration + 1)
         return new, metrics
 

@@ -5,6 +5,11 @@ jitted once, with the state donated (updated in place) and optional shardings fo
 ``loss_fn(params, batch, hparams) -> (loss, metrics)`` is the house loss signature.
 ``run_epochs`` is the on-policy update written once: ``epochs × minibatches`` gradient steps over a
 rollout batch as nested ``lax.scan`` (purejaxrl style), a fresh permutation per epoch.
+
+Non-finite guard: every jitted step also returns ``metrics[GUARD_KEY]``, an int32 computed on the
+device (0: every guarded metric finite; i + 1: ``guarded_names(keys)[i]`` is the first NaN/Inf one).
+The host reads it with the metrics it fetches anyway, and :class:`NonFiniteError` stops the run
+before a non-finite state is ever checkpointed.
 """
 
 from __future__ import annotations
@@ -18,6 +23,57 @@ import optax
 from rlhf_jax.algorithms.train_state import TrainState, apply_gradients
 
 
+GUARD_KEY = "guard/nonfinite"
+SUPERVISED_GUARDED = ("optim/",)
+"""Guarded metrics (a name, or a prefix ending in '/'): loss and gradient norm of a gradient step."""
+
+
+class TrainingError(RuntimeError):
+    """Training went wrong in a way the config or data can fix (CLI exit status 3); ``stage``,
+    ``step`` and ``metric`` say where."""
+
+    def __init__(self, message: str, stage: str, step: int, metric: str):
+        self.stage, self.step, self.metric = stage, step, metric
+        super().__init__(message)
+
+
+class DegenerateError(TrainingError):
+    """A stage finished with a useless result (e.g. a reward model that scores everything alike)."""
+
+
+class NonFiniteError(TrainingError):
+    """A training stage produced a NaN or Inf; the run stops there."""
+
+    def __init__(self, stage: str, step: int, metric: str, last_good: int | None = None):
+        self.last_good = last_good
+        kept = (f"its newest good checkpoint, {stage} step {last_good}, is kept" if last_good
+                else f"no {stage} checkpoint was written yet (the stages before it are kept)")
+        super().__init__(f"{stage} step {step}: {metric} is not finite (NaN or Inf), so the run stopped; "
+                         f"{kept}: fix the config (e.g. a smaller learning rate) and rerun to resume",
+                         stage, step, metric)
+
+
+def guarded_names(keys, guarded) -> list[str]:
+    """The metric names among ``keys`` that the guard checks, in a fixed order."""
+    return sorted(k for k in keys if k != GUARD_KEY
+                  and any(k == g or (g.endswith("/") and k.startswith(g)) for g in guarded))
+
+
+def nonfinite_code(metrics: dict, guarded) -> jax.Array:
+    """0 when every guarded metric is finite, else 1 + the index of the first that is not."""
+    names = guarded_names(metrics, guarded)
+    if not names:
+        return jnp.int32(0)
+    bad = jnp.stack([~jnp.all(jnp.isfinite(metrics[k])) for k in names])
+    return jnp.where(bad.any(), jnp.argmax(bad) + 1, 0).astype(jnp.int32)
+
+
+def nonfinite_metric(code, keys, guarded) -> str | None:
+    """The host side of :func:`nonfinite_code`: the metric name a code points at (None for 0)."""
+    code = int(code)
+    return guarded_names(keys, guarded)[code - 1] if code else None
+
+
 def gradient_step(loss_fn: Callable, tx: optax.GradientTransformation, state: TrainState, batch,
                   hparams):
     """Un-jitted step body (usable inside a larger jitted function, e.g. a PPO epoch scan)."""
@@ -29,7 +85,8 @@ def gradient_step(loss_fn: Callable, tx: optax.GradientTransformation, state: Tr
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, donate: bool = True,
                     in_shardings=None, out_shardings=None):
     def step(state, batch, hparams):
-        return gradient_step(loss_fn, tx, state, batch, hparams)
+        state, metrics = gradient_step(loss_fn, tx, state, batch, hparams)
+        return state, dict(metrics, **{GUARD_KEY: nonfinite_code(metrics, SUPERVISED_GUARDED)})
 
     kw = {}
     if in_shardings is not None:

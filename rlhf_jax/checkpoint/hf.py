@@ -33,6 +33,7 @@ permutation of q/k rows is needed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -234,6 +235,19 @@ def _listing(items) -> str:
     return ", ".join(repr(x) for x in items[:_MAX_LISTED]) + more
 
 
+_POSITIVE_INTS = frozenset((
+    "vocab_size", "n_embd", "n_head", "n_layer", "n_positions", "n_inner", "hidden_size",
+    "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "intermediate_size",
+    "max_position_embeddings", "head_dim"))
+_POSITIVE_FLOATS = frozenset(("layer_norm_epsilon", "rms_norm_eps", "rope_theta"))
+
+
+def read_config(root: str | os.PathLike, dtype: str = "float32") -> TransformerConfig:
+    """The ``TransformerConfig`` of a Hugging Face directory's ``config.json``, every field checked
+    (no weights read): :class:`HFCheckpointError` names the file and field at fault."""
+    return _read_config(Path(root), dtype)
+
+
 def _read_config(root: Path, dtype: str) -> TransformerConfig:
     cfg_path = root / CONFIG_NAME
     if not cfg_path.is_file():
@@ -244,6 +258,14 @@ def _read_config(root: Path, dtype: str) -> TransformerConfig:
         raise HFCheckpointError(f"{cfg_path}: cannot read {CONFIG_NAME}: {e}") from e
     if not isinstance(hf, dict):
         raise HFCheckpointError(f"{cfg_path}: expected a JSON object, got {type(hf).__name__}")
+    for key, value in hf.items():
+        if value is None:
+            continue
+        if key in _POSITIVE_INTS and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise HFCheckpointError(f"{cfg_path}: field {key!r} must be a positive integer, got {value!r}")
+        if key in _POSITIVE_FLOATS and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                        or not math.isfinite(value) or value <= 0):
+            raise HFCheckpointError(f"{cfg_path}: field {key!r} must be a positive number, got {value!r}")
     try:
         return from_hf_config(hf, dtype=dtype)
     except KeyError as e:

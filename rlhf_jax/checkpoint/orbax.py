@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from rlhf_jax.interrupts import deferred_interrupts
+
 
 class RunCheckpoints:
     def __init__(self, run_dir: str, max_to_keep: int = 2):
@@ -33,9 +35,10 @@ class RunCheckpoints:
     def save(self, stage: str, step: int, state: Any, meta: dict | None = None) -> None:
         meta = dict(meta or {}, stage=stage, step=int(step))
         mgr = self._manager(stage)
-        mgr.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   meta=ocp.args.JsonSave(meta)), force=True)
-        mgr.wait_until_finished()
+        with deferred_interrupts():  # a Ctrl-C inside Orbax's save would leave it hanging
+            mgr.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       meta=ocp.args.JsonSave(meta)), force=True)
+            mgr.wait_until_finished()
 
     def latest_step(self, stage: str) -> int | None:
         if not os.path.isdir(os.path.join(self.root, stage)):
@@ -43,13 +46,43 @@ class RunCheckpoints:
         return self._manager(stage).latest_step()
 
     def restore(self, stage: str, target: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restore ``(state, meta)`` at ``step`` (default: latest) into the structure of ``target``."""
+        """Restore ``(state, meta)`` at ``step`` (default: latest) into the structure of ``target``.
+
+        When the newest step cannot be read (a damaged or truncated checkpoint) and an older one
+        can, the older one is restored and the damaged step is moved aside to
+        ``<step>.unreadable`` (so the stage can save that step again); when none can be read,
+        :class:`~rlhf_jax.runner.run_dir.RunDirError` names the checkpoint and what to do.
+        """
+        from rlhf_jax.runner.run_dir import RunDirError
+
         mgr = self._manager(stage)
-        step = mgr.latest_step() if step is None else step
+        steps = [step] if step is not None else sorted(mgr.all_steps(), reverse=True)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-        out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                        meta=ocp.args.JsonRestore()))
-        return out["state"], dict(out["meta"])
+        failed: list[tuple[int, str]] = []
+        for s in steps:
+            try:
+                with deferred_interrupts():
+                    out = mgr.restore(s, args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+            except Exception as e:  # noqa: BLE001 -- Orbax / TensorStore raise many types here
+                failed.append((s, (str(e).strip().splitlines() or [type(e).__name__])[0][:200]))
+                continue
+            if failed:
+                self._set_aside(stage, [b for b, _ in failed], s, failed[0][1])
+            return out["state"], dict(out["meta"])
+        where = os.path.join(self.root, stage, str(failed[0][0]))
+        raise RunDirError(f"{where}: unreadable checkpoint ({failed[0][1]}); delete "
+                          f"{os.path.join(self.root, stage)} to redo the {stage} stage from its start")
+
+    def _set_aside(self, stage: str, bad: list[int], good: int, why: str) -> None:
+        import sys
+
+        self._managers.pop(stage).close()
+        for b in bad:
+            src = os.path.join(self.root, stage, str(b))
+            os.replace(src, f"{src}.unreadable")
+            print(f"[rlhf_jax] checkpoint {src} is unreadable ({why}); moved it to {src}.unreadable "
+                  f"and resumed {stage} from step {good}", file=sys.stderr, flush=True)
 
     def restore_meta(self, stage: str, step: int | None = None) -> dict | None:
         if self.latest_step(stage) is None:

@@ -67,12 +67,20 @@ def _check_record(where: Where, rec: Any) -> dict:
     return rec
 
 
+def _utf8(raw: bytes, where: Where) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise where.error(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+
+
 def _read_jsonl(file: str) -> Iterator[tuple[Where, dict]]:
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(file, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            where = Where(file, line=lineno)
+            line = _utf8(raw, where)
             if not line.strip():
                 continue
-            where = Where(file, line=lineno)
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
@@ -81,12 +89,17 @@ def _read_jsonl(file: str) -> Iterator[tuple[Where, dict]]:
 
 
 def _read_json(file: str) -> Iterator[tuple[Where, dict]]:
-    with open(file, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", file=file,
-                            line=e.lineno) from None
+    with open(file, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})", file=file,
+                        line=raw.count(b"\n", 0, e.start) + 1) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", file=file, line=e.lineno) from None
     if isinstance(data, dict):
         if "data" not in data:
             raise DataError("expected a list of records or an object with a 'data' list; "

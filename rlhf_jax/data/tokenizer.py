@@ -194,6 +194,10 @@ class Tokenizer:
         return render_plain_chat(messages, add_generation_prompt)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt", "spiece.model")
+"""Files one of which a tokenizer directory must hold (a fast tokenizer or what one is built from)."""
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a tokenizer directory (``tokenizer.json`` etc.) offline through ``AutoTokenizer``."""
     from transformers import AutoTokenizer
@@ -203,9 +207,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         raise FileNotFoundError(f"tokenizer directory not found: {path}")
     if not os.path.isdir(path):
         raise DataError("expected a tokenizer directory, got a file", file=path)
+    if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
+        raise DataError(f"no tokenizer files in this directory (need one of "
+                        f"{', '.join(TOKENIZER_FILES)})", file=path)
     try:
         hf = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 -- `tokenizers` raises a bare Exception for a bad tokenizer.json
         raise DataError(
             f"could not load a tokenizer from this directory (need tokenizer.json or the "
             f"tokenizer files of a Hugging Face checkpoint): {e}",
@@ -213,6 +220,8 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         ) from e
     if not getattr(hf, "is_fast", False):
         raise DataError(f"expected a fast tokenizer, got {type(hf).__name__}", file=path)
+    if len(hf) < 2:
+        raise DataError(f"the tokenizer has {len(hf)} token(s); a language model needs more", file=path)
     return Tokenizer(hf, path)
 
 
@@ -279,6 +288,22 @@ def train_tokenizer(
         tokenizer_object=raw, pad_token=PAD_TOKEN, eos_token=EOS_TOKEN, unk_token=UNK_TOKEN
     )
     out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    hf.save_pretrained(out_dir)
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        os.makedirs(out_dir, exist_ok=True)
+        hf.save_pretrained(out_dir)
+        return load_tokenizer(out_dir)
+    # Into a fresh directory: written beside it and renamed, so an interrupted save leaves none.
+    import shutil
+    import tempfile
+
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".tokenizer_", dir=parent)
+    try:
+        hf.save_pretrained(tmp)
+        if os.path.isdir(out_dir):
+            os.rmdir(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return load_tokenizer(out_dir)

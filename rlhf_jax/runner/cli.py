@@ -3,29 +3,55 @@
 ``algorithm=NAME`` picks step 3's algorithm from the registry (default ``ppo``); its options live in
 the section of the same name (``algorithm=grpo grpo.group_size=8``).
 
-A bad config (unknown key, wrong type, out-of-range value), a missing file or malformed data ends
-the command with one line on stderr naming the culprit and exit status 2, before any compute.
+Exit status: 0 done (rerunning a finished run changes nothing and prints its summary); 2 bad input
+(config, data, checkpoint, run directory, or a file that cannot be read or written), reported in
+one line on stderr naming the file, line, key or value at fault, before any compute; 3 training
+went non-finite or degenerate (the line names the stage, step and metric; fix the config and
+rerun to resume from the newest good checkpoint); 130 / 143 interrupted by SIGINT / SIGTERM
+(rerun the same command to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import signal
 import sys
+
+from rlhf_jax import interrupts
+
+EXIT_USER_ERROR, EXIT_TRAINING, EXIT_SIGINT, EXIT_SIGTERM = 2, 3, 130, 143
 
 
 def _user_errors():
+    from rlhf_jax.checkpoint.hf import HFCheckpointError
     from rlhf_jax.data.errors import DataError
     from rlhf_jax.runner.config_loader import ConfigError
+    from rlhf_jax.runner.run_dir import RunDirError
 
-    errors = [ConfigError, DataError, FileNotFoundError]
+    return (ConfigError, DataError, HFCheckpointError, RunDirError, OSError, UnicodeDecodeError)
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return f"cannot decode text as {e.encoding} (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+    if isinstance(e, OSError) and e.strerror and not str(e).startswith(e.strerror):
+        where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+        return f"{where}: {e.strerror}" if where else e.strerror
+    msg = str(e) if not isinstance(e, KeyError) else e.args[0]
+    return " ".join(str(msg).split("\n"))  # one line, whatever a library put in the message
+
+
+def _settle() -> None:
+    """Let work already queued on the devices finish (so no kernel thread outlives the exit)."""
     try:
-        from rlhf_jax.checkpoint.hf import HFCheckpointError
+        import jax
 
-        errors.append(HFCheckpointError)
-    except ImportError:  # pragma: no cover
+        for a in jax.live_arrays():
+            a.block_until_ready()
+    except BaseException:  # noqa: BLE001 -- best effort on the way out
         pass
-    return tuple(errors)
 
 
 def main(argv=None) -> int:
@@ -35,8 +61,29 @@ def main(argv=None) -> int:
     run.add_argument("config", help="experiment YAML file")
     run.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. ppo.lr=1e-4")
     args = parser.parse_args(argv)
+    # The run checks its own inputs and says what is wrong in one line; library advice such as
+    # transformers' config warnings would only add lines to read (set the variable to see it).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # Orbax logs a damaged checkpoint at ERROR level before raising; the run reports it itself.
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
 
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupts.install()
+    try:
+        return _run(args)
+    except KeyboardInterrupt as e:  # at any point, including while the imports run
+        _settle()
+        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return EXIT_SIGTERM if isinstance(e, interrupts.Terminated) else EXIT_SIGINT
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _run(args) -> int:
     errors = _user_errors()
+    from rlhf_jax.algorithms.step import TrainingError
+
     try:
         from rlhf_jax.runner.config_loader import load_config
         from rlhf_jax.runner.schema import ExperimentConfig, check_overrides
@@ -47,12 +94,12 @@ def main(argv=None) -> int:
 
         summary = run_experiment(cfg)
     except errors as e:
-        msg = str(e) if not isinstance(e, KeyError) else e.args[0]
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
-        return 130
+        print(f"error: {_message(e)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except TrainingError as e:
+        _settle()
+        print(f"error: {_message(e)}", file=sys.stderr)
+        return EXIT_TRAINING
     out = os.path.join(cfg.run.out_dir, "summary.json")
     print(f"summary: {out}\nreport:  {os.path.join(cfg.run.out_dir, 'report.md')}")
     for k, v in summary.items():

@@ -13,6 +13,8 @@ one-line :class:`ConfigError` naming where the offending value came from (``file
 ``exp.yaml:7: unknown key 'ppo.lrr'; did you mean 'ppo.lr'?``.
 
 Scalars follow YAML 1.1 as in PyYAML, except that ``1e-5`` (exponent without a dot) is a float.
+A float field must be finite (``.inf`` and ``.nan`` are rejected). An override with an empty value
+on a section (``ppo.kl=``) and a key given twice among the overrides are errors.
 The top-level key ``base`` is reserved for file inheritance.
 """
 
@@ -23,6 +25,7 @@ import dataclasses
 import difflib
 import enum
 import functools
+import math
 import os
 import pathlib
 import re
@@ -80,12 +83,18 @@ def _short(value: Any) -> str:
 def _read_yaml(filename: str) -> tuple[dict, dict[KeyPath, str]]:
     """Parse one file; returns (data, sources) with sources[key_path] = 'file:line'."""
     try:
-        with open(filename, encoding="utf-8") as f:
-            text = f.read()
+        with open(filename, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {filename}") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {filename}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{filename}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset "
+                          f"{e.start})") from None
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -106,7 +115,12 @@ def _read_yaml(filename: str) -> tuple[dict, dict[KeyPath, str]]:
     return data, sources
 
 
-def _walk(loader: _Loader, node: yaml.Node, prefix: KeyPath, sources: dict, filename: str) -> None:
+def _walk(loader: _Loader, node: yaml.Node, prefix: KeyPath, sources: dict, filename: str,
+          above: frozenset = frozenset()) -> None:
+    if id(node) in above:  # an alias to one of its own ancestors: the value would contain itself
+        raise ConfigError(f"{filename}:{node.start_mark.line + 1}: recursive YAML alias at "
+                          f"{_dotted(prefix)!r} (a value cannot contain itself)")
+    above = above | {id(node)}
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
@@ -123,11 +137,11 @@ def _walk(loader: _Loader, node: yaml.Node, prefix: KeyPath, sources: dict, file
                     f"{filename}:{line}: duplicate key {_dotted(prefix + (key,))!r} (first at line {first})")
             seen[key] = line
             sources[prefix + (key,)] = f"{filename}:{line}"
-            _walk(loader, value_node, prefix + (key,), sources, filename)
+            _walk(loader, value_node, prefix + (key,), sources, filename, above)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             sources[prefix + (f"[{i}]",)] = f"{filename}:{item.start_mark.line + 1}"
-            _walk(loader, item, prefix + (f"[{i}]",), sources, filename)
+            _walk(loader, item, prefix + (f"[{i}]",), sources, filename, above)
 
 
 def _drop_under(sources: dict, path: KeyPath) -> None:
@@ -294,6 +308,10 @@ def _convert(value: Any, tp: Any, path: KeyPath, ctx: _Ctx, shown: Any = None) -
         if isinstance(value, tp):
             return value
         if value is None:
+            if ctx.where(path).startswith("override"):  # 'ppo.kl=' would silently reset the section
+                raise ctx.error(path, f"{_dotted(path)!r} is a section: an empty value would reset "
+                                      f"all of it to the defaults; set its keys instead "
+                                      f"({_dotted(path)}.KEY=VALUE)")
             value = {}
         if not isinstance(value, dict):
             raise bad()
@@ -327,6 +345,8 @@ def _convert(value: Any, tp: Any, path: KeyPath, ctx: _Ctx, shown: Any = None) -
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad()
+        if not math.isfinite(value):  # .inf / .nan train to NaN losses; no field means them
+            raise ctx.error(path, f"{_dotted(path)!r} must be a finite number, got {_short(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -439,6 +459,12 @@ def load_config(schema: type, path: str | os.PathLike | None = None, overrides: 
         file_data, file_src = _load_file(os.fspath(path))
         _merge(data, file_data, sources, file_src)
         sources[()] = file_src[()]
+    seen: dict[str, str] = {}
+    for s in overrides:
+        key = ".".join(p.strip() for p in parse_override(s)[0].split("."))
+        if key in seen:
+            raise ConfigError(f"overrides {seen[key]!r} and {s!r} both set {key!r}; give it once")
+        seen[key] = s
     for s in overrides:
         _apply_override(data, sources, s)
     return _build(schema, data, (), _Ctx(sources))

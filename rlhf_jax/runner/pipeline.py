@@ -14,7 +14,6 @@ gets the resolved ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and ``rep
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -23,13 +22,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.algorithms.base import RLSetup, frozen_inputs
+from rlhf_jax import interrupts
+from rlhf_jax.algorithms.base import RL_GUARDED, RLSetup, frozen_inputs
 from rlhf_jax.algorithms.loop import supervised_loop
 from rlhf_jax.algorithms.registry import ALGORITHMS
 from rlhf_jax.algorithms.reward_model import (init_reward_model, make_rm_loss, normalization,
                                               pairwise_accuracy, ranking_accuracy, score_in_batches)
 from rlhf_jax.algorithms.sft import make_lm_loss
-from rlhf_jax.algorithms.step import make_train_step
+from rlhf_jax.algorithms.step import (GUARD_KEY, DegenerateError, NonFiniteError, TrainingError,
+                                     make_train_step, nonfinite_metric)
 from rlhf_jax.algorithms.sections import optimizer_kwargs
 from rlhf_jax.algorithms.train_state import create_state, make_optimizer
 from rlhf_jax.checkpoint.orbax import RunCheckpoints
@@ -41,6 +42,8 @@ from rlhf_jax.runner import sources
 from rlhf_jax.runner.config_loader import ConfigError
 from rlhf_jax.runner.evaluation import gold_of_samples, kl_of_samples, sample_many
 from rlhf_jax.runner.report import write_report
+from rlhf_jax.runner.run_dir import (STOPPED_FILE, check_out_dir, load_npz, read_json, read_yaml,
+                                     save_npz, write_json, write_yaml)
 from rlhf_jax.runner.schema import (ALGORITHM_SECTIONS, ExperimentConfig, algorithm_section,
                                     resolved_config)
 
@@ -54,29 +57,6 @@ def _copy_tree(tree):
     return jax.tree_util.tree_map(jnp.copy, tree)
 
 
-def _write_yaml(path, obj) -> None:
-    import yaml
-
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(obj, f, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    os.replace(tmp, path)
-
-
-def _write_json(path, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def _read_json(path):
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 class Pipeline:
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
@@ -85,37 +65,90 @@ class Pipeline:
         self.show = None if cfg.run.progress else False
         self.times: dict[str, float] = {}
 
-    # ------------------------------------------------------------------ setup
-    def setup(self) -> None:
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict | None:
+        """Every check a run can make before compute, reading only (nothing is written): the run
+        directory, the data files, the algorithm's needs, the tokenizer against the model, and
+        the files an earlier attempt kept. Returns the stored summary when the run has finished."""
         cfg = self.cfg
-        os.makedirs(self.run_dir, exist_ok=True)
-        cfg_path = os.path.join(self.run_dir, "config.yaml")
-        resolved = resolved_config(cfg)
+        check_out_dir(self.run_dir)
+        self.resolved = resolved_config(cfg)
         self.algo = ALGORITHMS.get(cfg.algorithm)
         self.src = sources.Sources(cfg, self.run_dir)
+        self.src.check_data(_log)
         self.rl_prompts = self.src.rl_prompts()
-        try:  # everything the chosen algorithm needs, before any compute
+        try:  # everything the chosen algorithm needs
             self.algo.check(algorithm_section(cfg), n_prompts=len(self.rl_prompts),
                             has_pretrain_texts=bool(self.src.pretrain_texts()))
         except ValueError as e:
             raise ConfigError(f"algorithm {cfg.algorithm!r}: {e}") from None
+        if cfg.reward.init == "scratch" and cfg.reward.preset is not None:
+            try:
+                get_preset(cfg.reward.preset)
+            except KeyError as e:
+                raise ConfigError(f"reward.preset: {e.args[0]}") from None
         unused = [n for n in ALGORITHM_SECTIONS if n != cfg.algorithm
                   and getattr(cfg, n) != ALGORITHMS.get(n).section()]
         if unused:
             _log(f"algorithm {cfg.algorithm!r}: the settings in section(s) {', '.join(unused)} are "
                  f"not used by this run")
-        if os.path.exists(cfg_path):
-            import yaml
+        self.P, self.R = cfg.data.max_prompt_len, cfg.data.max_response_len
+        tok = self.src.existing_tokenizer()
+        model_cfg = self.src.model_config(tok.vocab_size if tok is not None else cfg.model.vocab_size)
+        if self.P + self.R > model_cfg.max_len:
+            raise ConfigError(f"data.max_prompt_len + data.max_response_len = {self.P + self.R} exceeds "
+                              f"the model's max_len {model_cfg.max_len}")
+        if tok is not None:
+            where = cfg.model.tokenizer or cfg.model.pretrained or os.path.join(self.run_dir, "tokenizer")
+            if tok.vocab_size > model_cfg.vocab_size:
+                raise ConfigError(f"{where}: the tokenizer has {tok.vocab_size} tokens but the model's "
+                                  f"vocabulary has {model_cfg.vocab_size}: they do not belong together")
+            for name, i in (("eos", tok.eos_id), ("pad", tok.pad_id)):
+                if not 0 <= i < model_cfg.vocab_size:
+                    raise ConfigError(f"{where}: the tokenizer's {name} id {i} is outside the model's "
+                                      f"vocabulary of {model_cfg.vocab_size}")
+        return self._check_run_dir()
 
-            with open(cfg_path) as f:
-                old = yaml.safe_load(f) or {}
-            diff = _diff_keys(old, resolved, ignore={"run.progress"})
-            if diff:
-                raise ConfigError(f"{self.run_dir} holds a run with a different config (differs at "
+    def _check_run_dir(self) -> dict | None:
+        cfg, d = self.cfg, self.run_dir
+        cfg_path = os.path.join(d, "config.yaml")
+        old = read_yaml(cfg_path, f"restore it, or delete {d} to start the run again")
+        self.adopt_config = False
+        if old is not None:
+            diff = _diff_keys(old, self.resolved, ignore=_MAY_DIFFER)
+            stopped = read_json(os.path.join(d, STOPPED_FILE), "delete it")
+            if diff and stopped and _may_change(stopped["stage"], diff, cfg.algorithm):
+                _log(f"{d} stopped at a non-finite {stopped['stage']} step {stopped['step']}; "
+                     f"resuming it with the changed {', '.join(diff[:5])}")
+                self.adopt_config = True
+            elif diff:
+                raise ConfigError(f"{d} holds a run with a different config (differs at "
                                   f"{', '.join(diff[:5])}); use another run.out_dir or delete it")
+        elif cfg.run.reuse_from:
+            _check_reusable(cfg.run.reuse_from, self.resolved)
+        again = "delete it to recompute it"
+        self.kept = {
+            "reward_data": load_npz(os.path.join(d, "reward_data.npz"), ("input_ids", "attention_mask"),
+                                    again),
+            "reward_model": read_json(os.path.join(d, "reward_model.json"), again),
+            "eval_initial": read_json(os.path.join(d, "eval_initial.json"), again),
+        }
+        summary = read_json(os.path.join(d, "summary.json"), "delete it to redo the final evaluation")
+        return None if self.adopt_config else summary
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """Write the run directory (after :meth:`validate`): config, reused stages, tokenizer."""
+        cfg = self.cfg
+        os.makedirs(self.run_dir, exist_ok=True)
+        cfg_path = os.path.join(self.run_dir, "config.yaml")
         if cfg.run.reuse_from and not os.path.exists(cfg_path):
-            _reuse_stages(cfg.run.reuse_from, self.run_dir, resolved)
-        _write_yaml(cfg_path, resolved)
+            _reuse_stages(cfg.run.reuse_from, self.run_dir)
+            self._check_run_dir()  # the copied files, verified
+        if self.adopt_config or not os.path.exists(cfg_path):
+            write_yaml(cfg_path, self.resolved)
+        if os.path.exists(os.path.join(self.run_dir, STOPPED_FILE)):
+            os.remove(os.path.join(self.run_dir, STOPPED_FILE))
         self.ckpt = RunCheckpoints(self.run_dir)
         resume = any(self.ckpt.latest_step(s) is not None for s in PIPELINE_STAGES)
         if resume:
@@ -123,10 +156,6 @@ class Pipeline:
         self.logger = MetricsLogger(self.run_dir, resume=resume)
         self.tok = self.src.tokenizer()
         self.model_cfg, self.init_lm = self.src.model(self.tok, jax.random.fold_in(self.key, 0))
-        self.P, self.R = cfg.data.max_prompt_len, cfg.data.max_response_len
-        if self.P + self.R > self.model_cfg.max_len:
-            raise ConfigError(f"data.max_prompt_len + data.max_response_len = {self.P + self.R} exceeds "
-                              f"the model's max_len {self.model_cfg.max_len}")
 
     # ------------------------------------------------------------------ step 1: LM
     def _lm_stage(self, stage, params, data, sc) -> dict:
@@ -166,9 +195,8 @@ class Pipeline:
     # ------------------------------------------------------------------ step 2: reward model
     def reward_data(self, sft_params) -> dict:
         path = os.path.join(self.run_dir, "reward_data.npz")
-        if os.path.exists(path):
-            with np.load(path) as z:
-                return dict(z)
+        if self.kept["reward_data"] is not None:
+            return self.kept["reward_data"]
         rc = self.cfg.reward
         if self.cfg.data.preferences:
             data = self.src.preference_arrays(self.tok, self.P, self.R)
@@ -191,7 +219,7 @@ class Pipeline:
                                                                tie_eps=rc.tie_eps, rng=rng)
             else:
                 data["order"] = self.src.labelers.ranking_labels(gold, tau=rc.tau, rng=rng)
-        np.savez(path, **data)
+        save_npz(path, data)
         return data
 
     def reward_model(self, sft_params):
@@ -226,7 +254,7 @@ class Pipeline:
         rm_params = state.params
 
         info_path = os.path.join(self.run_dir, "reward_model.json")
-        info = _read_json(info_path)
+        info = self.kept["reward_model"]
         if info is None:
             k, L = data["input_ids"].shape[1:]
             flat = lambda d, key: d[key].reshape(-1, L)  # noqa: E731
@@ -245,9 +273,17 @@ class Pipeline:
             # (Stiennon 2020): the comparison data are exactly such samples (chosen ones first).
             all_scores = score_in_batches(rm_cfg, rm_params, flat(data, "input_ids"),
                                           flat(data, "attention_mask")).reshape(-1, k)
+            spread = float(np.std(all_scores))
+            if not np.isfinite(all_scores).all() or spread < 1e-6:
+                raise DegenerateError(
+                    f"reward: the trained reward model scores all {all_scores.size} comparison samples "
+                    f"{'non-finite' if not np.isfinite(spread) else f'alike (std {spread:.2g})'}, so "
+                    f"it cannot rank responses; fix the preference data or reward.lr, delete "
+                    f"{os.path.join(self.run_dir, 'checkpoints', 'reward')} and rerun",
+                    "reward", steps, "scores")
             gain, bias = normalization(all_scores.reshape(-1), rc.normalize, all_scores[:, 0])
             info.update(gain=gain, bias=bias)
-            _write_json(info_path, info)
+            write_json(info_path, info)
             self.logger.log(steps, {"eval/rm_accuracy": info["rm_eval_accuracy"]}, stage="reward")
         _log(f"reward model held-out accuracy {info['rm_eval_accuracy']:.3f}"
              + (f" (label ceiling {info['rm_label_ceiling']:.3f})" if "rm_label_ceiling" in info else ""))
@@ -256,6 +292,7 @@ class Pipeline:
     # ------------------------------------------------------------------ step 3: RL
     def evaluate(self, params, ref_params, prompts, ids, mask, n) -> dict:
         ec = self.cfg.eval
+        interrupts.check()
         samples = sample_many(self.model_cfg, params, ids, mask, rng=jax.random.fold_in(self.key, 5),
                               n=n, max_new_tokens=self.R, temperature=ec.temperature,
                               eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
@@ -263,6 +300,7 @@ class Pipeline:
         if self.src.gold is not None:
             out["gold"] = gold_of_samples(self.src.gold, self.tok, prompts, n, samples)
         out["kl"] = kl_of_samples(self.model_cfg, params, ref_params, samples, ec.temperature, self.P)
+        interrupts.check()
         return out
 
     def rl(self, sft_params, rm_params, rm_info):
@@ -281,21 +319,26 @@ class Pipeline:
         if self.ckpt.latest_step("rl") is not None:
             restored, meta = self.ckpt.restore("rl", {"rl": state})
             state, start = restored["rl"], int(meta["step"])
-            self.logger.truncate_after("rl", start)
-            self.logger.truncate_after("eval", start)
+        self.logger.truncate_after("rl", start)  # lines an interrupted attempt logged after `start`
+        self.logger.truncate_after("eval", start)
         iteration = algo.make_iteration(setup, sec)
         hp = algo.hparams(sec)
 
         eval_prompts = self.src.eval_prompts()
         e_ids, e_mask = encode_prompts(self.tok, eval_prompts, self.P)
         iter_times = []
+        good = start or None
         n_resp = algo.responses_per_iteration(sec, len(ids))
         _log(f"step 3: {cfg.algorithm} for {sec.iterations} iterations of {n_resp} responses")
         bar = progress(sec.iterations, cfg.algorithm, initial=start, force=self.show)
         for it in range(start, sec.iterations):
+            interrupts.check()
             t0 = time.time()
             state, metrics = iteration(state, frozen, algo.batch(setup, sec, it), hp)
             metrics = to_python(metrics)
+            bad = nonfinite_metric(metrics.pop(GUARD_KEY), metrics, RL_GUARDED)
+            if bad is not None:
+                raise NonFiniteError("rl", it + 1, bad, good)
             iter_times.append(time.time() - t0)
             self.logger.log(it + 1, metrics, stage="rl")
             bar.update(1)
@@ -305,6 +348,7 @@ class Pipeline:
                 self.logger.log(it + 1, _eval_metrics(ev), stage="eval")
             if (it + 1) % cfg.run.checkpoint_every == 0 or it + 1 == sec.iterations:
                 self.ckpt.save("rl", it + 1, {"rl": state}, {"done": it + 1 == sec.iterations})
+                good = it + 1
         bar.close()
         self.times["rl"] = sum(iter_times)
         self.times["rl_iteration_s"] = float(np.median(iter_times[1:])) if len(iter_times) > 1 else (
@@ -314,7 +358,24 @@ class Pipeline:
     # ------------------------------------------------------------------ all
     def run(self) -> dict:
         t_start = time.time()
+        finished = self.validate()
+        if finished is not None:
+            _log(f"{self.run_dir} holds a finished run: nothing to do (its summary follows)")
+            if not os.path.exists(os.path.join(self.run_dir, "report.md")):
+                write_report(self.run_dir)
+            return finished
         self.setup()
+        try:
+            return self._stages(t_start)
+        except TrainingError as e:
+            write_json(os.path.join(self.run_dir, STOPPED_FILE),
+                       {"stage": e.stage, "step": e.step, "metric": e.metric})
+            raise
+        finally:
+            self.logger.close()
+            self.ckpt.close()
+
+    def _stages(self, t_start: float) -> dict:
         sft_params = self.language_model()
         rm_params, rm_info = self.reward_model(sft_params)
         cfg, ec = self.cfg, self.cfg.eval
@@ -322,7 +383,7 @@ class Pipeline:
         e_ids, e_mask = encode_prompts(self.tok, eval_prompts, self.P)
 
         init_path = os.path.join(self.run_dir, "eval_initial.json")
-        initial = _read_json(init_path)
+        initial = self.kept["eval_initial"]
         if initial is None:
             _log(f"evaluating the initial policy on {len(eval_prompts)} held-out prompts")
             ev = self.evaluate(sft_params, sft_params, eval_prompts, e_ids, e_mask, ec.samples_per_prompt)
@@ -331,7 +392,7 @@ class Pipeline:
                 initial["gold_reward_initial"] = float(ev["gold"].mean())
                 bo = self.evaluate(sft_params, sft_params, eval_prompts, e_ids, e_mask, ec.best_of_n)
                 initial[f"gold_reward_best_of_{ec.best_of_n}"] = float(bo["gold"].max(axis=1).mean())
-            _write_json(init_path, initial)
+            write_json(init_path, initial)
             self.logger.log(0, _eval_metrics(ev), stage="eval")
 
         state, ref_params = self.rl(sft_params, rm_params, rm_info)
@@ -352,9 +413,9 @@ class Pipeline:
         summary["rl_iteration_time_s"] = self.times.get("rl_iteration_s", float("nan"))
         summary["stage_time_s"] = {k: v for k, v in self.times.items() if k != "rl_iteration_s"}
         summary["wall_time_s"] = time.time() - t_start
-        _write_json(os.path.join(self.run_dir, "summary.json"), summary)
         self.logger.close()
         self.ckpt.close()
+        write_json(os.path.join(self.run_dir, "summary.json"), summary)  # from here on, the run is done
         write_report(self.run_dir)
         _log("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
         return summary
@@ -383,24 +444,25 @@ _REUSED = ("tokenizer", "reward_data.npz", "reward_model.json", "eval_initial.js
            "checkpoints/pretrain", "checkpoints/sft", "checkpoints/reward")
 
 
-def _reuse_stages(src: str, dst: str, resolved: dict) -> None:
-    """Copy the finished steps 1-2 artifacts of run ``src`` into the new run ``dst``."""
-    import shutil
-
-    import yaml
-
+def _check_reusable(src: str, resolved: dict) -> None:
+    """Run ``src`` must have finished steps 1-2 with a config that agrees on them."""
     src_cfg = os.path.join(src, "config.yaml")
-    if not os.path.exists(src_cfg):
-        raise FileNotFoundError(f"run.reuse_from: no run at {src} (no config.yaml)")
-    with open(src_cfg) as f:
-        old = yaml.safe_load(f) or {}
+    old = read_yaml(src_cfg, f"run.reuse_from cannot use {src}")
+    if old is None:
+        raise ConfigError(f"run.reuse_from: no run at {src} (no config.yaml)")
     step3 = ("algorithm", "run") + ALGORITHM_SECTIONS
     diff = [k for k in _diff_keys(old, resolved) if k.split(".")[0] not in step3]
     if diff:
         raise ConfigError(f"run.reuse_from: {src} was made with a different config before step 3 "
                           f"(differs at {', '.join(diff[:5])})")
-    if not os.path.exists(os.path.join(src, "reward_model.json")):
+    if read_json(os.path.join(src, "reward_model.json"), f"run.reuse_from cannot use {src}") is None:
         raise ConfigError(f"run.reuse_from: {src} has not finished its reward model yet")
+
+
+def _reuse_stages(src: str, dst: str) -> None:
+    """Copy the finished steps 1-2 artifacts of run ``src`` (checked) into the new run ``dst``."""
+    import shutil
+
     for name in _REUSED:
         a, b = os.path.join(src, name), os.path.join(dst, name)
         if os.path.isdir(a):
@@ -408,6 +470,22 @@ def _reuse_stages(src: str, dst: str, resolved: dict) -> None:
         elif os.path.exists(a):
             os.makedirs(os.path.dirname(b), exist_ok=True)
             shutil.copy2(a, b)
+
+
+_MAY_DIFFER = {"run.progress", "run.out_dir"}
+"""Keys a rerun may change freely: progress display, and where the directory is (it may be moved)."""
+
+_STAGE_SECTIONS = {"pretrain": ("pretrain", "sft", "reward"), "sft": ("sft", "reward"),
+                   "reward": ("reward",), "rl": ()}
+
+
+def _may_change(stage: str, diff: list[str], algorithm: str) -> bool:
+    """After a non-finite stop in ``stage``, a rerun may change that stage's settings and later
+    ones (not the model, data or the algorithm's name: the kept checkpoints depend on them)."""
+    if stage not in _STAGE_SECTIONS:
+        return False
+    allowed = set(_STAGE_SECTIONS[stage]) | {algorithm, "eval"}
+    return all(k.split(".")[0] in allowed for k in diff)
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict:

@@ -205,5 +205,7 @@ def write_report(run_dir: str | os.PathLike) -> pathlib.Path:
         parts += ["_no config.yaml_", ""]
 
     report = run_dir / "report.md"
-    report.write_text("\n".join(parts), encoding="utf-8")
+    tmp = run_dir / "report.md.tmp"
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, report)
     return report

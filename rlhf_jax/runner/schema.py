@@ -13,6 +13,7 @@ from typing import Literal, Optional
 from rlhf_jax.algorithms.registry import ALGORITHMS
 from rlhf_jax.algorithms.sections import OptimizerFields
 from rlhf_jax.algorithms.sections import ranged as _r
+from rlhf_jax.data.preferences import PREFERENCE_FORMATS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,8 +22,8 @@ class ModelConfig:
     pretrained: Optional[str] = None     # a Hugging Face directory to start from instead of a preset
     tokenizer: Optional[str] = None      # AutoTokenizer directory; None: train one on the task corpus
     vocab_size: int = _r(512, 16)        # vocab of the tokenizer trained for the built-in task
-    d_model: Optional[int] = None        # override the preset's width (head_dim follows n_heads)
-    n_layers: Optional[int] = None       # override the preset's depth
+    d_model: Optional[int] = _r(None, 1)  # override the preset's width (head_dim follows n_heads)
+    n_layers: Optional[int] = _r(None, 1)  # override the preset's depth
     max_len: int = _r(64, 8)             # longest sequence the pipeline uses
 
 
@@ -38,7 +39,8 @@ class TaskConfig:
 class DataConfig:
     """Real data instead of the built-in task's generated data (local files only)."""
     preferences: Optional[str] = None    # TRL / HH / TL;DR preference file for the reward model
-    preferences_format: Optional[str] = None  # 'trl' | 'hh' | 'tldr'; None: detect
+    preferences_format: Optional[str] = field(  # one of PREFERENCE_FORMATS; None: detect
+        default=None, metadata={"choices": tuple(PREFERENCE_FORMATS)})
     prompts: Optional[str] = None        # prompt file for PPO (None: prompts of the preference file)
     sft: Optional[str] = None            # demonstrations for SFT
     pretrain_text: Optional[str] = None  # jsonl with a 'text' field for step 1 (else the task corpus)

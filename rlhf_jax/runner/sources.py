@@ -18,6 +18,7 @@ from rlhf_jax.data.errors import DataError
 from rlhf_jax.models import get_preset, init_params
 from rlhf_jax.rewards.gold import get_gold
 from rlhf_jax.runner.config_loader import ConfigError
+from rlhf_jax.runner.run_dir import RunDirError
 from rlhf_jax.tasks import get_task
 
 
@@ -49,6 +50,20 @@ class Sources:
                 raise FileNotFoundError(f"model.{key}: no such directory: {path}")
         self._corpus = None
         self._prefs = None
+        self._texts = None
+        self._demos = None
+        self._tok = None
+        self._prompts = None
+
+    def check_data(self, log=lambda msg: None) -> None:
+        """Read and check every data file the run will use, now (before any compute)."""
+        self.pretrain_texts()
+        if self.cfg.sft.steps > 0:
+            self.demonstrations()
+        if self.cfg.data.preferences:
+            self.preferences(log)
+        self.rl_prompts()
+        self.eval_prompts()
 
     # ------------------------------------------------------------------ text
     def corpus(self) -> list[str]:
@@ -57,27 +72,48 @@ class Sources:
         return self._corpus
 
     def pretrain_texts(self) -> list[str]:
+        if self._texts is not None:
+            return self._texts
         path = self.cfg.data.pretrain_text
         if path:
             texts = []
             for where, rec in read_records(path):
                 if not isinstance(rec.get("text"), str):
-                    raise where.error("field 'text': expected a string")
+                    raise where.error("expected a string", field="text")
                 texts.append(rec["text"])
-            return texts
-        return self.corpus()
+            if not any(t.strip() for t in texts):
+                raise DataError("no non-empty 'text' records", file=path)
+            self._texts = texts
+        else:
+            self._texts = self.corpus()
+        return self._texts
 
     def demonstrations(self) -> list[tuple[str, str]]:
-        if self.cfg.data.sft:
-            ds = load_sft(self.cfg.data.sft)
-            return list(zip(ds["prompt"], ds["completion"]))
-        if self.task is None:
-            return []
-        return self.task.demonstrations(self.cfg.sft.n_demonstrations, seed=self.cfg.run.seed)
+        if self._demos is None:
+            if self.cfg.data.sft:
+                ds = load_sft(self.cfg.data.sft)
+                self._demos = list(zip(ds["prompt"], ds["completion"]))
+            elif self.task is None:
+                self._demos = []
+            else:
+                self._demos = self.task.demonstrations(self.cfg.sft.n_demonstrations, seed=self.cfg.run.seed)
+        return self._demos
 
-    def preferences(self):
+    def preferences(self, log=lambda msg: None):
+        """The preference file's pairs, without those whose chosen equals its rejected (they carry
+        no preference); a file left with fewer than 2 pairs is an error."""
         if self._prefs is None:
-            self._prefs = load_preferences(self.cfg.data.preferences, format=self.cfg.data.preferences_format)
+            path = self.cfg.data.preferences
+            ds = load_preferences(path, format=self.cfg.data.preferences_format)
+            keep = [i for i, (c, r) in enumerate(zip(ds["chosen"], ds["rejected"])) if c != r]
+            if len(keep) < 2:
+                raise DataError(f"{len(ds) - len(keep)} of {len(ds)} pairs have chosen == rejected; "
+                                f"need at least 2 pairs that differ", file=path)
+            if len(keep) < len(ds):
+                log(f"data.preferences: dropped {len(ds) - len(keep)} of {len(ds)} pairs whose chosen "
+                    f"equals their rejected ({path})")
+                ds = ds.select(keep)
+            self._prefs = ds
         return self._prefs
 
     def preference_arrays(self, tok, P: int, R: int) -> dict:
@@ -87,9 +123,12 @@ class Sources:
         return {"input_ids": ids, "attention_mask": mask, "mu": np.ones(len(ids), np.float32)}
 
     def _file_prompts(self) -> list[str]:
-        if self.cfg.data.prompts:
-            return list(load_prompts(self.cfg.data.prompts)["prompt"])
-        return list(dict.fromkeys(self.preferences()["prompt"]))
+        if self._prompts is None:
+            if self.cfg.data.prompts:
+                self._prompts = list(load_prompts(self.cfg.data.prompts)["prompt"])
+            else:
+                self._prompts = list(dict.fromkeys(self.preferences()["prompt"]))
+        return self._prompts
 
     def rl_prompts(self) -> list[str]:
         if self.task is not None and not self.cfg.data.prompts and not self.cfg.data.preferences:
@@ -111,35 +150,63 @@ class Sources:
         return min(n - 1, max(1, int(round(self.cfg.data.eval_fraction * n))))
 
     # ------------------------------------------------------------------ model
+    def existing_tokenizer(self):
+        """The tokenizer the run uses if it exists already (a configured directory, or the one an
+        earlier attempt of this run trained), else None; reading only."""
+        if self._tok is None:
+            mc = self.cfg.model
+            if mc.tokenizer or mc.pretrained:
+                self._tok = load_tokenizer(mc.tokenizer or mc.pretrained)
+            else:
+                path = os.path.join(self.run_dir, "tokenizer")
+                if os.path.exists(path):
+                    try:
+                        self._tok = load_tokenizer(path)
+                    except DataError as e:
+                        raise RunDirError(f"{path}: unreadable tokenizer ({e.reason}); delete this "
+                                          f"directory to train it again") from None
+        return self._tok
+
     def tokenizer(self):
-        mc = self.cfg.model
-        if mc.tokenizer:
-            return load_tokenizer(mc.tokenizer)
-        if mc.pretrained:
-            return load_tokenizer(mc.pretrained)
-        path = os.path.join(self.run_dir, "tokenizer")
-        if os.path.exists(os.path.join(path, "tokenizer.json")):
-            return load_tokenizer(path)
-        texts = self.pretrain_texts() + [p + " " + c for p, c in self.demonstrations()]
-        if self.task is not None:
-            texts = texts + [" ".join(self.task.vocabulary())]
-        return train_tokenizer(texts, path, vocab_size=mc.vocab_size)
+        """The run's tokenizer: configured, kept by the run, or trained on the task's texts now."""
+        if self.existing_tokenizer() is None:
+            texts = self.pretrain_texts() + [p + " " + c for p, c in self.demonstrations()]
+            if self.task is not None:
+                texts = texts + [" ".join(self.task.vocabulary())]
+            self._tok = train_tokenizer(texts, os.path.join(self.run_dir, "tokenizer"),
+                                        vocab_size=self.cfg.model.vocab_size)
+        return self._tok
 
-    def model(self, tok, rng):
-        """``(TransformerConfig, initial params)`` from a Hugging Face directory or a preset."""
+    def model_config(self, vocab_size: int):
+        """The policy's ``TransformerConfig`` (a Hugging Face directory's config.json, or the preset
+        with the ``model.*`` overrides), checked; no weights are read."""
         mc = self.cfg.model
         if mc.pretrained:
-            from rlhf_jax.hf import load_pretrained
+            from rlhf_jax.checkpoint.hf import read_config
 
-            return load_pretrained(mc.pretrained)
-        over = {"vocab_size": tok.vocab_size, "max_len": mc.max_len}
+            return read_config(mc.pretrained)
         try:
             base = get_preset(mc.preset)
         except KeyError as e:
             raise ConfigError(f"model.preset: {e.args[0]}") from None
+        over = {"vocab_size": vocab_size, "max_len": mc.max_len}
         if mc.d_model is not None:
+            if mc.d_model % base.n_heads:
+                raise ConfigError(f"model.d_model={mc.d_model} must be a multiple of the {mc.preset!r} "
+                                  f"preset's {base.n_heads} heads")
             over.update(d_model=mc.d_model, head_dim=mc.d_model // base.n_heads, d_ff=4 * mc.d_model)
         if mc.n_layers is not None:
             over["n_layers"] = mc.n_layers
-        cfg = base.replace(**over)
+        try:
+            return base.replace(**over)
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from None
+
+    def model(self, tok, rng):
+        """``(TransformerConfig, initial params)`` from a Hugging Face directory or a preset."""
+        if self.cfg.model.pretrained:
+            from rlhf_jax.hf import load_pretrained
+
+            return load_pretrained(self.cfg.model.pretrained)
+        cfg = self.model_config(tok.vocab_size)
         return cfg, init_params(cfg, rng)
