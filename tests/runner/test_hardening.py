@@ -35,8 +35,19 @@ run: {{checkpoint_every: 2, progress: false}}
 """
 
 
+# The many short CLI processes share JAX's persistent compilation cache, so each restart of the
+# same stage loads its programs instead of compiling them again (results are identical).
+_CACHE = {"JAX_COMPILATION_CACHE_DIR": None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def _env():
+    return dict(os.environ, RLHF_JAX_NO_PROGRESS="1", PYTHONPATH=ROOT,
+                **{k: v for k, v in _CACHE.items() if v is not None})
+
+
 def cli(*args, timeout=600):
-    env = dict(os.environ, RLHF_JAX_NO_PROGRESS="1", PYTHONPATH=ROOT)
+    env = _env()
     return subprocess.run([sys.executable, "-m", "rlhf_jax", "run", *map(str, args)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -56,6 +67,7 @@ def tree_digest(path) -> dict:
 def work(tmp_path_factory):
     root = tmp_path_factory.mktemp("hardening")
     (root / "tiny.yaml").write_text(TINY)
+    _CACHE["JAX_COMPILATION_CACHE_DIR"] = str(root / "jax_cache")
     return root
 
 
@@ -369,9 +381,7 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous(base_run, work)
     ref = json.loads((base_run / "summary.json").read_text())
     got = json.loads((run / "summary.json").read_text())
     assert got["gold_reward_final"] == ref["gold_reward_final"]  # resume is bitwise
-    lines = [json.loads(x) for x in open(run / "metrics.jsonl")]
-    steps_logged = [r["step"] for r in lines if r["stage"] == "rl"]
-    assert steps_logged == sorted(set(steps_logged)), "a step was logged twice"
+    assert_logged_once(run, ("pretrain", "reward", "rl"))
 
 
 def test_diverging_run_stops_at_exit_3_and_resumes_once_fixed(base_run, work):
@@ -406,7 +416,7 @@ SIGINT_STAGES = [("pretrain", "step 1: pretraining"), ("sft", "step 1b: SFT"),
 
 def interrupt_once(args, needle, delay, sig=signal.SIGINT):
     """Start the CLI, wait for ``needle`` on stderr, wait ``delay`` s, send ``sig``; (rc, stderr)."""
-    env = dict(os.environ, RLHF_JAX_NO_PROGRESS="1", PYTHONPATH=ROOT)
+    env = _env()
     p = subprocess.Popen([sys.executable, "-m", "rlhf_jax", "run", *map(str, args)], cwd=ROOT, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     seen = []
@@ -437,7 +447,13 @@ def test_sigint_in_every_stage_exits_130_and_the_rerun_resumes(work):
     done = cli(*args)
     assert done.returncode == 0, done.stderr
     assert "resuming the run" in done.stderr
+    assert_logged_once(run, ("pretrain", "sft", "reward", "rl"))
+
+
+def assert_logged_once(run, stages):
+    """Every stage logged, in step order, and no line twice (a resume drops what it repeats)."""
     lines = [json.loads(x) for x in open(run / "metrics.jsonl")]
-    for stage in ("pretrain", "sft", "reward", "rl"):
-        steps = [r["step"] for r in lines if r["stage"] == stage]
-        assert steps and steps == sorted(set(steps)), (stage, steps)
+    for stage in stages:
+        keys = [(r["step"], tuple(sorted(set(r) - {"time"}))) for r in lines if r["stage"] == stage]
+        steps = [k[0] for k in keys]
+        assert keys and steps == sorted(steps) and len(set(keys)) == len(keys), (stage, steps)
