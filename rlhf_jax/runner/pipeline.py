@@ -475,17 +475,21 @@ def _reuse_stages(src: str, dst: str) -> None:
 _MAY_DIFFER = {"run.progress", "run.out_dir"}
 """Keys a rerun may change freely: progress display, and where the directory is (it may be moved)."""
 
-_STAGE_SECTIONS = {"pretrain": ("pretrain", "sft", "reward"), "sft": ("sft", "reward"),
-                   "reward": ("reward",), "rl": ()}
+_REWARD_TRAINING = tuple(f"reward.{k}" for k in ("lr", "warmup", "b1", "b2", "eps", "weight_decay",
+                                                  "max_grad_norm", "epochs", "batch_size", "margin",
+                                                  "center_coef"))
+_STAGE_KEYS = {"pretrain": ("pretrain", "sft", "reward"), "sft": ("sft", "reward"),
+               "reward": _REWARD_TRAINING, "rl": ()}
 
 
 def _may_change(stage: str, diff: list[str], algorithm: str) -> bool:
-    """After a non-finite stop in ``stage``, a rerun may change that stage's settings and later
-    ones (not the model, data or the algorithm's name: the kept checkpoints depend on them)."""
-    if stage not in _STAGE_SECTIONS:
+    """After a non-finite stop in ``stage``, a rerun may change that stage's training settings and
+    later stages' (not the model, the data, the comparisons already sampled, or the algorithm's
+    name: the kept checkpoints and files depend on them)."""
+    if stage not in _STAGE_KEYS:
         return False
-    allowed = set(_STAGE_SECTIONS[stage]) | {algorithm, "eval"}
-    return all(k.split(".")[0] in allowed for k in diff)
+    allowed = _STAGE_KEYS[stage] + (algorithm, "eval")
+    return all(any(k == a or k.startswith(a + ".") for a in allowed) for k in diff)
 
 
 def run_experiment(cfg: ExperimentConfig) -> dict:
