@@ -7,15 +7,16 @@ wrong with a bare ``KeyboardInterrupt``, both seen on this project's runs:
 - raised inside a checkpoint save, it leaves Orbax's asyncio machinery half-run, so
   :func:`deferred_interrupts` holds the signals for such a short critical section and delivers
   them right after it;
-- raised while JAX traces a function through its C++ dispatch, it can be swallowed (the run went
-  on training), so the signal is also recorded and every training loop calls :func:`check` once a
-  step, which raises it again.
+- raised while JAX traces a function through its C++ dispatch, or inside a garbage-collection
+  callback, it can be swallowed (the run went on training), so the signal is also recorded and
+  every training loop calls :func:`check` once a step, which raises it again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 __all__ = ["Terminated", "install", "check", "deferred_interrupts"]
@@ -38,10 +39,23 @@ def _handler(signum, frame):
 
 
 def install() -> None:
-    """Route SIGINT and SIGTERM through this module (main thread only)."""
+    """Route SIGINT and SIGTERM through this module (main thread only).
+
+    An interrupt raised where Python cannot propagate it (a garbage-collection callback such as
+    jaxlib's, a ``__del__``) is "unraisable": Python would print it with a traceback and drop it.
+    Those are silenced here, since :func:`check` raises them again at the next step.
+    """
     _received.clear()
     for s in _SIGNALS:
         signal.signal(s, _handler)
+    if getattr(sys.unraisablehook, "__name__", "") != "_unraisable":
+        previous = sys.unraisablehook
+
+        def _unraisable(unraisable):
+            if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+                previous(unraisable)
+
+        sys.unraisablehook = _unraisable
 
 
 def check() -> None:

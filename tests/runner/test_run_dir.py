@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -93,6 +94,24 @@ def test_deferred_interrupts_deliver_after_the_block():
         # Had a library swallowed that raise, the next check raises it again.
         with pytest.raises(interrupts.Terminated):
             interrupts.check()
+        # An interrupt Python cannot raise (in a GC callback, a __del__) is not printed.
+        class Dropper:
+            def __del__(self):
+                raise KeyboardInterrupt()
+        seen = []
+        previous = sys.unraisablehook
+        try:
+            sys.unraisablehook = seen.append  # stands for Python's printer, behind ours
+            interrupts.install()
+            Dropper()
+            assert seen == []
+            class Other:
+                def __del__(self):
+                    raise ValueError("other")
+            Other()
+            assert len(seen) == 1 and isinstance(seen[0].exc_value, ValueError)
+        finally:
+            sys.unraisablehook = previous
     finally:
         interrupts._received.clear()
         signal.signal(signal.SIGINT, signal.default_int_handler)
