@@ -81,4 +81,3 @@ def supervised_loop(*, stage: str, state: Any, step_fn: Callable, data: dict[str
     bar.close()
     ckpt.save(stage, n_steps, {"train": state}, {"done": True})
     return state
-

@@ -10,6 +10,7 @@ complete checkpoint.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import jax
@@ -75,8 +76,6 @@ class RunCheckpoints:
                           f"{os.path.join(self.root, stage)} to redo the {stage} stage from its start")
 
     def _set_aside(self, stage: str, bad: list[int], good: int, why: str) -> None:
-        import sys
-
         self._managers.pop(stage).close()
         for b in bad:
             src = os.path.join(self.root, stage, str(b))

@@ -289,21 +289,19 @@ def train_tokenizer(
     )
     out_dir = os.fspath(out_dir)
     if os.path.isdir(out_dir) and os.listdir(out_dir):
-        os.makedirs(out_dir, exist_ok=True)
-        hf.save_pretrained(out_dir)
-        return load_tokenizer(out_dir)
-    # Into a fresh directory: written beside it and renamed, so an interrupted save leaves none.
-    import shutil
-    import tempfile
+        hf.save_pretrained(out_dir)  # into the directory the caller keeps
+    else:  # written beside it and renamed, so an interrupted save leaves no half a tokenizer
+        import shutil
+        import tempfile
 
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tokenizer_", dir=parent)
-    try:
-        hf.save_pretrained(tmp)
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        parent = os.path.dirname(os.path.abspath(out_dir))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tokenizer_", dir=parent)
+        try:
+            hf.save_pretrained(tmp)
+            if os.path.isdir(out_dir):
+                os.rmdir(out_dir)
+            os.replace(tmp, out_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return load_tokenizer(out_dir)

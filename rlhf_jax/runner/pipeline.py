@@ -126,15 +126,19 @@ class Pipeline:
                                   f"{', '.join(diff[:5])}); use another run.out_dir or delete it")
         elif cfg.run.reuse_from:
             _check_reusable(cfg.run.reuse_from, self.resolved)
-        again = "delete it to recompute it"
+        self._read_kept()
+        summary = read_json(os.path.join(d, "summary.json"), "delete it to redo the final evaluation")
+        return None if self.adopt_config else summary
+
+    def _read_kept(self) -> None:
+        """The files an earlier attempt (or the run reused) kept between stages, verified."""
+        d, again = self.run_dir, "delete it to recompute it"
         self.kept = {
             "reward_data": load_npz(os.path.join(d, "reward_data.npz"), ("input_ids", "attention_mask"),
                                     again),
             "reward_model": read_json(os.path.join(d, "reward_model.json"), again),
             "eval_initial": read_json(os.path.join(d, "eval_initial.json"), again),
         }
-        summary = read_json(os.path.join(d, "summary.json"), "delete it to redo the final evaluation")
-        return None if self.adopt_config else summary
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
@@ -144,7 +148,7 @@ class Pipeline:
         cfg_path = os.path.join(self.run_dir, "config.yaml")
         if cfg.run.reuse_from and not os.path.exists(cfg_path):
             _reuse_stages(cfg.run.reuse_from, self.run_dir)
-            self._check_run_dir()  # the copied files, verified
+            self._read_kept()  # the copied files, verified
         if self.adopt_config or not os.path.exists(cfg_path):
             write_yaml(cfg_path, self.resolved)
         if os.path.exists(os.path.join(self.run_dir, STOPPED_FILE)):

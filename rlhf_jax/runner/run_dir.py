@@ -80,34 +80,31 @@ def _corrupt(path: str, why, fix: str) -> RunDirError:
     return RunDirError(f"{path}: unreadable ({reason}); {fix}")
 
 
-def read_json(path: str, fix: str, kind: type = dict):
-    """The JSON object in ``path``; None when there is none; RunDirError when it is corrupt."""
+def _read_text(path: str, fix: str, parse, errors: tuple, kind: type, what: str):
+    """``parse`` of the UTF-8 text in ``path``; None when there is none; RunDirError when the file
+    cannot be read, decoded or parsed, or holds something other than a ``kind``."""
     if not os.path.exists(path):
         return None
     try:
         with open(path, "rb") as f:
-            obj = json.loads(f.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            obj = parse(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError) + errors as e:
         raise _corrupt(path, e, fix) from None
     if not isinstance(obj, kind):
-        raise _corrupt(path, f"expected a JSON {kind.__name__}, got {type(obj).__name__}", fix)
+        raise _corrupt(path, f"expected {what}, got {type(obj).__name__}", fix)
     return obj
+
+
+def read_json(path: str, fix: str, kind: type = dict):
+    """The JSON object in ``path``; None when there is none; RunDirError when it is corrupt."""
+    return _read_text(path, fix, json.loads, (json.JSONDecodeError,), kind, f"a JSON {kind.__name__}")
 
 
 def read_yaml(path: str, fix: str):
     """The mapping in a YAML file the run wrote; None when there is none; RunDirError if corrupt."""
     import yaml
 
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, "rb") as f:
-            obj = yaml.safe_load(f.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise _corrupt(path, e, fix) from None
-    if not isinstance(obj, dict):
-        raise _corrupt(path, f"expected a mapping, got {type(obj).__name__}", fix)
-    return obj
+    return _read_text(path, fix, yaml.safe_load, (yaml.YAMLError,), dict, "a mapping")
 
 
 def load_npz(path: str, required: tuple[str, ...], fix: str) -> dict | None:
