@@ -92,6 +92,13 @@ def rl_hparams(sec) -> dict:
     }
 
 
+VECTOR_KEYS = ("lr", "clip_eps", "clip_eps_high", "dual_clip_c", "ent_coef", "temperature",
+               "reward_clip", "no_eos_penalty", "ptx_coef", "kl.beta", "kl.target", "kl.horizon")
+"""Section keys every on-policy algorithm reads only as arrays (its hyperparameters, the learning
+rate in the optimizer state, β in the KL state): runs that differ only in these (and in
+``run.rl_seed``) can be one vmapped program. ``ptx_coef`` only while it stays on (> 0) or off."""
+
+
 def prompt_batch(setup: RLSetup, sec, it: int, group_size: int = 1) -> dict:
     """Iteration ``it``'s batch, a pure function of (seed, it): ``batch_size // k`` prompts drawn
     without replacement epoch by epoch, each repeated ``k`` times in a consecutive block (a group),
@@ -242,6 +249,10 @@ class Algorithm:
 
     def batch(self, setup: RLSetup, sec, it: int) -> dict:
         return prompt_batch(setup, sec, it, self.family.group_size(sec))
+
+    def vector_keys(self) -> tuple[str, ...]:
+        """Section keys that only enter as arrays (see :data:`VECTOR_KEYS`)."""
+        return VECTOR_KEYS + tuple(getattr(self.family, "vector_keys", ()))
 
     def responses_per_iteration(self, sec, n_prompts: int) -> int:
         return responses_per_iteration(sec, n_prompts, self.family.group_size(sec))

@@ -36,6 +36,8 @@ def _policy_optimizer(sec):
 class CriticFree:
     """Sequence-level advantages from k samples per prompt (or a greedy / running baseline)."""
 
+    vector_keys = ("adv_eps", "baseline_decay")
+
     @staticmethod
     def group_size(sec) -> int:
         return sec.group_size

@@ -41,6 +41,8 @@ def actor_critic_optimizer(sec) -> optax.GradientTransformation:
 class ActorCritic:
     """GAE with a learned critic."""
 
+    vector_keys = ("critic_lr", "vf_coef", "vf_clip", "gamma", "lam")
+
     @staticmethod
     def group_size(sec) -> int:
         return 1

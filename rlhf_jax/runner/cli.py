@@ -1,4 +1,8 @@
-"""Command line: ``python -m rlhf_jax run CONFIG.yaml [key.path=value ...]``.
+"""Command line: ``python -m rlhf_jax COMMAND ...``.
+
+* ``run CONFIG.yaml [key.path=value ...]`` — one experiment (resumed when its run dir has checkpoints);
+* ``sweep SWEEP.yaml [key.path=value ...] [--workers N] [--launcher local|ray]`` — many runs;
+* ``sample RUN_DIR``, ``export RUN_DIR OUT_DIR``, ``eval RUN_DIR`` — on a finished (or running) run.
 
 ``algorithm=NAME`` picks step 3's algorithm from the registry (default ``ppo``); its options live in
 the section of the same name (``algorithm=grpo grpo.group_size=8``).
@@ -54,13 +58,25 @@ def _settle() -> None:
         pass
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlhf_jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment config (resumes if its run dir has checkpoints)")
     run.add_argument("config", help="experiment YAML file")
     run.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. ppo.lr=1e-4")
-    args = parser.parse_args(argv)
+    run.add_argument("--stop-after", choices=("reward",), default=None,
+                     help="stop after step 2 and the initial evaluation: a run other runs can start "
+                          "from with run.reuse_from (a sweep builds its shared steps 1-2 this way)")
+    run.set_defaults(handler=_run_command)
+    from rlhf_jax.runner import commands, sweep
+
+    sweep.add_parser(sub)
+    commands.add_parsers(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     # The run checks its own inputs and says what is wrong in one line; library advice such as
     # transformers' config warnings would only add lines to read (set the variable to see it).
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -70,7 +86,7 @@ def main(argv=None) -> int:
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     interrupts.install()
     try:
-        return _run(args)
+        return _guarded(args.handler, args)
     except KeyboardInterrupt as e:  # at any point, including while the imports run
         _settle()
         print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
@@ -80,19 +96,13 @@ def main(argv=None) -> int:
             signal.signal(s, h)
 
 
-def _run(args) -> int:
+def _guarded(handler, args) -> int:
+    """Run a command; bad input ends as one line and exit 2, a training failure as one line and 3."""
     errors = _user_errors()
     from rlhf_jax.algorithms.step import TrainingError
 
     try:
-        from rlhf_jax.runner.config_loader import load_config
-        from rlhf_jax.runner.schema import ExperimentConfig, check_overrides
-
-        cfg = load_config(ExperimentConfig, args.config, args.overrides)
-        check_overrides(cfg, args.overrides)
-        from rlhf_jax.runner.pipeline import run_experiment
-
-        summary = run_experiment(cfg)
+        return handler(args)
     except errors as e:
         print(f"error: {_message(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -100,6 +110,19 @@ def _run(args) -> int:
         _settle()
         print(f"error: {_message(e)}", file=sys.stderr)
         return EXIT_TRAINING
+
+
+def _run_command(args) -> int:
+    from rlhf_jax.runner.config_loader import load_config
+    from rlhf_jax.runner.pipeline import run_experiment
+    from rlhf_jax.runner.schema import ExperimentConfig, check_overrides
+
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    check_overrides(cfg, args.overrides)
+    summary = run_experiment(cfg, stop_after=args.stop_after)
+    if summary is None:
+        print(f"steps 1-2 done: {cfg.run.out_dir}")
+        return 0
     out = os.path.join(cfg.run.out_dir, "summary.json")
     print(f"summary: {out}\nreport:  {os.path.join(cfg.run.out_dir, 'report.md')}")
     for k, v in summary.items():

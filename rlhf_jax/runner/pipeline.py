@@ -62,6 +62,8 @@ class Pipeline:
         self.cfg = cfg
         self.run_dir = cfg.run.out_dir
         self.key = jax.random.PRNGKey(cfg.run.seed)
+        self.rl_seed = cfg.run.seed if cfg.run.rl_seed is None else cfg.run.rl_seed
+        self.rl_key = self.key if cfg.run.rl_seed is None else jax.random.PRNGKey(cfg.run.rl_seed)
         self.show = None if cfg.run.progress else False
         self.times: dict[str, float] = {}
 
@@ -294,10 +296,13 @@ class Pipeline:
         return rm_params, info
 
     # ------------------------------------------------------------------ step 3: RL
-    def evaluate(self, params, ref_params, prompts, ids, mask, n) -> dict:
+    def evaluate(self, params, ref_params, prompts, ids, mask, n, key=None) -> dict:
+        """Held-out samples of ``params`` (n per prompt), their gold reward and KL to ``ref_params``;
+        ``key``: step 1-2's key (the initial policy) unless given (step 3's)."""
         ec = self.cfg.eval
         interrupts.check()
-        samples = sample_many(self.model_cfg, params, ids, mask, rng=jax.random.fold_in(self.key, 5),
+        key = self.key if key is None else key
+        samples = sample_many(self.model_cfg, params, ids, mask, rng=jax.random.fold_in(key, 5),
                               n=n, max_new_tokens=self.R, temperature=ec.temperature,
                               eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
         out = {"samples": samples}
@@ -307,60 +312,28 @@ class Pipeline:
         interrupts.check()
         return out
 
+    def rl_stage(self, sft_params, rm_params, rm_info) -> RLStage:
+        """Step 3's inputs and per-iteration bookkeeping for this run (state restored if resumed)."""
+        return RLStage(self, sft_params, rm_params, rm_info)
+
     def rl(self, sft_params, rm_params, rm_info):
         """Step 3 for the chosen algorithm: resume, iterate, evaluate, checkpoint."""
-        cfg, algo = self.cfg, self.algo
-        sec = algorithm_section(cfg)
-        ids, mask = encode_prompts(self.tok, self.rl_prompts, self.P)
-        setup = RLSetup(model_cfg=self.model_cfg, rm_cfg=self.rm_cfg, policy_params=sft_params,
-                        rm_params=rm_params, prompt_ids=ids, prompt_mask=mask, response_len=self.R,
-                        eos_id=self.tok.eos_id, pad_id=self.tok.pad_id, seed=cfg.run.seed,
-                        ptx=self.pretrain_data if sec.ptx_coef > 0 else None)
-        ref_params = _copy_tree(sft_params)
-        frozen = frozen_inputs(setup, ref_params, {"gain": rm_info["gain"], "bias": rm_info["bias"]})
-        state = algo.init(setup, sec, jax.random.fold_in(self.key, 7))
-        start = 0
-        if self.ckpt.latest_step("rl") is not None:
-            restored, meta = self.ckpt.restore("rl", {"rl": state})
-            state, start = restored["rl"], int(meta["step"])
-        self.logger.truncate_after("rl", start)  # lines an interrupted attempt logged after `start`
-        self.logger.truncate_after("eval", start)
-        iteration = algo.make_iteration(setup, sec)
-        hp = algo.hparams(sec)
-
-        eval_prompts = self.src.eval_prompts()
-        e_ids, e_mask = encode_prompts(self.tok, eval_prompts, self.P)
-        iter_times = []
-        good = start or None
-        n_resp = algo.responses_per_iteration(sec, len(ids))
-        _log(f"step 3: {cfg.algorithm} for {sec.iterations} iterations of {n_resp} responses")
-        bar = progress(sec.iterations, cfg.algorithm, initial=start, force=self.show)
-        for it in range(start, sec.iterations):
+        stage = self.rl_stage(sft_params, rm_params, rm_info)
+        iteration = stage.algo.make_iteration(stage.setup, stage.sec)
+        state = stage.state
+        for it in range(stage.start, stage.sec.iterations):
             interrupts.check()
             t0 = time.time()
-            state, metrics = iteration(state, frozen, algo.batch(setup, sec, it), hp)
+            state, metrics = iteration(state, stage.frozen, stage.batch(it), stage.hp)
             metrics = to_python(metrics)
-            bad = nonfinite_metric(metrics.pop(GUARD_KEY), metrics, RL_GUARDED)
-            if bad is not None:
-                raise NonFiniteError("rl", it + 1, bad, good)
-            iter_times.append(time.time() - t0)
-            self.logger.log(it + 1, metrics, stage="rl")
-            bar.update(1)
-            bar.set_metrics({"score": metrics["objective/scores"], "kl": metrics["objective/kl"]})
-            if (it + 1) % sec.eval_every == 0 and it + 1 < sec.iterations:
-                ev = self.evaluate(algo.policy(state), ref_params, eval_prompts, e_ids, e_mask, 1)
-                self.logger.log(it + 1, _eval_metrics(ev), stage="eval")
-            if (it + 1) % cfg.run.checkpoint_every == 0 or it + 1 == sec.iterations:
-                self.ckpt.save("rl", it + 1, {"rl": state}, {"done": it + 1 == sec.iterations})
-                good = it + 1
-        bar.close()
-        self.times["rl"] = sum(iter_times)
-        self.times["rl_iteration_s"] = float(np.median(iter_times[1:])) if len(iter_times) > 1 else (
-            iter_times[0] if iter_times else float("nan"))
-        return state, ref_params
+            stage.after_iteration(it, state, metrics, time.time() - t0)
+        stage.close()
+        return state, stage.ref_params
 
     # ------------------------------------------------------------------ all
-    def run(self) -> dict:
+    def run(self, stop_after: str | None = None) -> dict | None:
+        """The whole run (or, with ``stop_after='reward'``, steps 1-2 and the initial evaluation,
+        which is what ``run.reuse_from`` needs); returns the summary (None when stopped early)."""
         t_start = time.time()
         finished = self.validate()
         if finished is not None:
@@ -370,7 +343,7 @@ class Pipeline:
             return finished
         self.setup()
         try:
-            return self._stages(t_start)
+            return self._stages(t_start, stop_after)
         except TrainingError as e:
             write_json(os.path.join(self.run_dir, STOPPED_FILE),
                        {"stage": e.stage, "step": e.step, "metric": e.metric})
@@ -379,13 +352,21 @@ class Pipeline:
             self.logger.close()
             self.ckpt.close()
 
-    def _stages(self, t_start: float) -> dict:
+    def _stages(self, t_start: float, stop_after: str | None = None) -> dict | None:
+        sft_params, rm_params, rm_info, initial = self.prepare()
+        if stop_after == "reward":
+            _log(f"stopping after step 2 as asked: {self.run_dir} can now be a run.reuse_from")
+            return None
+        state, ref_params = self.rl(sft_params, rm_params, rm_info)
+        return self.finish(state, ref_params, rm_info, initial, t_start)
+
+    def prepare(self):
+        """Steps 1-2 and the initial policy's evaluation (each skipped when already done)."""
         sft_params = self.language_model()
         rm_params, rm_info = self.reward_model(sft_params)
-        cfg, ec = self.cfg, self.cfg.eval
+        ec = self.cfg.eval
         eval_prompts = self.src.eval_prompts()
         e_ids, e_mask = encode_prompts(self.tok, eval_prompts, self.P)
-
         init_path = os.path.join(self.run_dir, "eval_initial.json")
         initial = self.kept["eval_initial"]
         if initial is None:
@@ -398,10 +379,16 @@ class Pipeline:
                 initial[f"gold_reward_best_of_{ec.best_of_n}"] = float(bo["gold"].max(axis=1).mean())
             write_json(init_path, initial)
             self.logger.log(0, _eval_metrics(ev), stage="eval")
+        return sft_params, rm_params, rm_info, initial
 
-        state, ref_params = self.rl(sft_params, rm_params, rm_info)
+    def finish(self, state, ref_params, rm_info, initial, t_start) -> dict:
+        """The final policy's evaluation, summary.json and report.md: from here on the run is done."""
+        cfg, ec = self.cfg, self.cfg.eval
+        eval_prompts = self.src.eval_prompts()
+        e_ids, e_mask = encode_prompts(self.tok, eval_prompts, self.P)
         policy = self.algo.policy(state)
-        final = self.evaluate(policy, ref_params, eval_prompts, e_ids, e_mask, ec.samples_per_prompt)
+        final = self.evaluate(policy, ref_params, eval_prompts, e_ids, e_mask, ec.samples_per_prompt,
+                              key=self.rl_key)
         self.logger.log(algorithm_section(cfg).iterations, _eval_metrics(final), stage="eval")
         summary = dict(initial)
         summary["algorithm"] = cfg.algorithm
@@ -423,6 +410,72 @@ class Pipeline:
         write_report(self.run_dir)
         _log("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
         return summary
+
+
+class RLStage:
+    """One run's step 3 around the algorithm's jitted iteration: its inputs (setup, frozen params,
+    hyperparameters, the state, restored when resuming) and what follows each iteration (the
+    non-finite guard, metrics, the progress bar, held-out evaluation, checkpoints). ``Pipeline.rl``
+    drives one; a vectorised sweep drives several with one vmapped iteration."""
+
+    def __init__(self, pipe: Pipeline, sft_params, rm_params, rm_info):
+        cfg = pipe.cfg
+        self.pipe, self.algo = pipe, pipe.algo
+        self.sec = sec = algorithm_section(cfg)
+        ids, mask = encode_prompts(pipe.tok, pipe.rl_prompts, pipe.P)
+        self.setup = RLSetup(model_cfg=pipe.model_cfg, rm_cfg=pipe.rm_cfg, policy_params=sft_params,
+                             rm_params=rm_params, prompt_ids=ids, prompt_mask=mask,
+                             response_len=pipe.R, eos_id=pipe.tok.eos_id, pad_id=pipe.tok.pad_id,
+                             seed=pipe.rl_seed, ptx=pipe.pretrain_data if sec.ptx_coef > 0 else None)
+        self.ref_params = _copy_tree(sft_params)
+        self.frozen = frozen_inputs(self.setup, self.ref_params,
+                                    {"gain": rm_info["gain"], "bias": rm_info["bias"]})
+        self.state = self.algo.init(self.setup, sec, jax.random.fold_in(pipe.rl_key, 7))
+        self.start = 0
+        if pipe.ckpt.latest_step("rl") is not None:
+            restored, meta = pipe.ckpt.restore("rl", {"rl": self.state})
+            self.state, self.start = restored["rl"], int(meta["step"])
+        pipe.logger.truncate_after("rl", self.start)  # lines an interrupted attempt logged after it
+        pipe.logger.truncate_after("eval", self.start)
+        self.hp = self.algo.hparams(sec)
+        self.eval_prompts = pipe.src.eval_prompts()
+        self.e_ids, self.e_mask = encode_prompts(pipe.tok, self.eval_prompts, pipe.P)
+        self.iter_times: list[float] = []
+        self.good = self.start or None
+        n_resp = self.algo.responses_per_iteration(sec, len(ids))
+        _log(f"step 3: {cfg.algorithm} for {sec.iterations} iterations of {n_resp} responses"
+             + (f" ({pipe.run_dir})" if pipe.show is False else ""))
+        self.bar = progress(sec.iterations, cfg.algorithm, initial=self.start, force=pipe.show)
+
+    def batch(self, it: int) -> dict:
+        return self.algo.batch(self.setup, self.sec, it)
+
+    def after_iteration(self, it: int, state, metrics: dict, seconds: float) -> None:
+        """Iteration ``it`` produced ``state`` and (host) ``metrics``: guard, log, evaluate, save.
+        ``state`` may be a zero-argument function giving it (only called when it is needed)."""
+        pipe, sec = self.pipe, self.sec
+        get_state = state if callable(state) else (lambda: state)
+        bad = nonfinite_metric(metrics.pop(GUARD_KEY), metrics, RL_GUARDED)
+        if bad is not None:
+            raise NonFiniteError("rl", it + 1, bad, self.good)
+        self.iter_times.append(seconds)
+        pipe.logger.log(it + 1, metrics, stage="rl")
+        self.bar.update(1)
+        self.bar.set_metrics({"score": metrics["objective/scores"], "kl": metrics["objective/kl"]})
+        if (it + 1) % sec.eval_every == 0 and it + 1 < sec.iterations:
+            ev = pipe.evaluate(self.algo.policy(get_state()), self.ref_params, self.eval_prompts, self.e_ids,
+                               self.e_mask, 1, key=pipe.rl_key)
+            pipe.logger.log(it + 1, _eval_metrics(ev), stage="eval")
+        if (it + 1) % pipe.cfg.run.checkpoint_every == 0 or it + 1 == sec.iterations:
+            pipe.ckpt.save("rl", it + 1, {"rl": get_state()}, {"done": it + 1 == sec.iterations})
+            self.good = it + 1
+
+    def close(self) -> None:
+        self.bar.close()
+        t = self.iter_times
+        self.pipe.times["rl"] = sum(t)
+        self.pipe.times["rl_iteration_s"] = float(np.median(t[1:])) if len(t) > 1 else (
+            t[0] if t else float("nan"))
 
 
 def _eval_metrics(ev) -> dict:
@@ -454,13 +507,40 @@ def _check_reusable(src: str, resolved: dict) -> None:
     old = read_yaml(src_cfg, f"run.reuse_from cannot use {src}")
     if old is None:
         raise ConfigError(f"run.reuse_from: no run at {src} (no config.yaml)")
-    step3 = ("algorithm", "run") + ALGORITHM_SECTIONS
-    diff = [k for k in _diff_keys(old, resolved) if k.split(".")[0] not in step3]
+    diff = [k for k in _diff_keys(old, resolved) if not _step3_key(k)]
     if diff:
         raise ConfigError(f"run.reuse_from: {src} was made with a different config before step 3 "
                           f"(differs at {', '.join(diff[:5])})")
     if read_json(os.path.join(src, "reward_model.json"), f"run.reuse_from cannot use {src}") is None:
         raise ConfigError(f"run.reuse_from: {src} has not finished its reward model yet")
+
+
+def _step3_key(key: str) -> bool:
+    """A key that only step 3 reads (runs differing only in these can share steps 1-2)."""
+    head = key.split(".")[0]
+    if head == "run":
+        return key != "run.seed"  # the seed of steps 1-2 (run.rl_seed is step 3's own)
+    return head in ("algorithm", "logging") + ALGORITHM_SECTIONS
+
+
+def _steps12_id(cfg) -> str:
+    """A short id of everything steps 1-2 of ``cfg`` depend on (all keys but step 3's)."""
+    import hashlib
+    import json
+
+    from rlhf_jax.runner.config_loader import config_to_dict
+
+    flat = {}
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif not _step3_key(f"{prefix}{k}"):
+                flat[f"{prefix}{k}"] = v
+
+    walk(config_to_dict(cfg))
+    return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def _reuse_stages(src: str, dst: str) -> None:
@@ -496,5 +576,5 @@ def _may_change(stage: str, diff: list[str], algorithm: str) -> bool:
     return all(any(k == a or k.startswith(a + ".") for a in allowed) for k in diff)
 
 
-def run_experiment(cfg: ExperimentConfig) -> dict:
-    return Pipeline(cfg).run()
+def run_experiment(cfg: ExperimentConfig, stop_after: str | None = None) -> dict | None:
+    return Pipeline(cfg).run(stop_after)

@@ -85,6 +85,25 @@ class RewardConfig(OptimizerFields):
 
 
 @dataclasses.dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases run of the pipeline (``metrics/backends.py``); needs requirements-logging.txt."""
+    mode: Literal["offline", "online", "disabled"] = "offline"  # offline: files in run_dir/wandb
+    #   (`wandb sync` them later); online: streamed to the server; disabled: no W&B run
+    project: Optional[str] = None        # W&B project (None: W&B's default)
+    entity: Optional[str] = None         # W&B user or team (None: the logged-in user's default)
+    name: Optional[str] = None           # run name shown in W&B (None: the run directory's name)
+    group: Optional[str] = None          # groups runs in the W&B UI (e.g. one sweep's runs)
+    tags: tuple[str, ...] = ()           # W&B tags of the run
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingConfig:
+    """Backends that mirror metrics.jsonl (the source of truth; a resume never duplicates a step)."""
+    tensorboard: bool = False            # TensorBoard event files in run_dir/tensorboard
+    wandb: Optional[WandbConfig] = None  # a W&B run (None: none)
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     samples_per_prompt: int = _r(4, 1)   # gold reward of the policy: mean over samples
     best_of_n: int = _r(16, 1)           # best-of-n baseline of the initial policy
@@ -94,7 +113,9 @@ class EvalConfig:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     out_dir: str = "runs/quickstart"     # run directory (resumed when it holds checkpoints)
-    seed: int = 0
+    seed: int = 0                        # seeds every stage (step 3 too, unless rl_seed is set)
+    rl_seed: Optional[int] = None        # step 3's own seed (rollouts, init, evaluations); runs that
+    #   differ only in it share steps 1-2 (a sweep's `seeds` set it)
     checkpoint_every: int = _r(10, 1)    # PPO iterations (pretrain/RM: every 10x that many steps)
     progress: bool = True
     # Start from another run's finished steps 1–2 (tokenizer, LM, reward model, initial eval): PPO
@@ -104,7 +125,7 @@ class RunConfig:
 
 _BEFORE = [("model", ModelConfig), ("task", TaskConfig), ("data", DataConfig),
            ("pretrain", PretrainConfig), ("sft", SFTConfig), ("reward", RewardConfig)]
-_AFTER = [("eval", EvalConfig), ("run", RunConfig)]
+_AFTER = [("eval", EvalConfig), ("run", RunConfig), ("logging", LoggingConfig)]
 
 ALGORITHM_SECTIONS: tuple[str, ...] = tuple(ALGORITHMS.names())
 """One config section per registered algorithm, named after it; only the chosen one is read."""
