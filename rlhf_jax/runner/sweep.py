@@ -388,14 +388,24 @@ def _last_error(log_path: str, tag: str | None = None) -> str:
 class Job:
     """One process to run: a shared steps 1-2 run, a trial, or a vectorised program of trials."""
     name: str                     # for logs and status
-    argv: list[str]               # python -m rlhf_jax ...
+    args: list[str]               # the command line after ``python -m rlhf_jax``
     trials: list[Trial]           # the trials it completes (empty for a shared base)
     after: Optional[str] = None   # the job that must succeed first (its name)
     log: str = ""
 
+    @property
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "rlhf_jax"] + self.args
 
-def _python() -> list[str]:
-    return [sys.executable, "-m", "rlhf_jax"]
+
+def child_env() -> dict[str, str]:
+    """The environment of a trial's process: this one, no progress bars, rlhf_jax importable."""
+    import rlhf_jax
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(rlhf_jax.__file__)))
+    path = os.environ.get("PYTHONPATH", "")
+    return dict(os.environ, RLHF_JAX_NO_PROGRESS="1",
+                PYTHONPATH=root + (os.pathsep + path if path else ""))
 
 
 def plan(sweep: Sweep) -> list[Job]:
@@ -411,7 +421,7 @@ def plan(sweep: Sweep) -> list[Job]:
         path = sweep.config_path(name)
         write_yaml(path, resolved_config(base))
         if read_json(os.path.join(sweep.base_dir(gid), "eval_initial.json"), "delete it") is None:
-            jobs.append(Job(name, _python() + ["run", path, "--stop-after", "reward"], [],
+            jobs.append(Job(name, ["run", path, "--stop-after", "reward"], [],
                             log=os.path.join(logs, f"{name}.log")))
     done_bases = {j.name for j in jobs}
     for t in todo:
@@ -427,11 +437,11 @@ def plan(sweep: Sweep) -> list[Job]:
         after = after if after in done_bases else None
         if len(members) == 1:
             t = members[0]
-            jobs.append(Job(t.name, _python() + ["run", sweep.config_path(t.name)], [t], after,
+            jobs.append(Job(t.name, ["run", sweep.config_path(t.name)], [t], after,
                             log=os.path.join(logs, f"{t.name}.log")))
         else:
             name = f"vectorized-{i}-{members[0].name}"
-            jobs.append(Job(name, _python() + ["run-vectorized"] + [sweep.config_path(t.name) for t in members],
+            jobs.append(Job(name, ["run-vectorized"] + [sweep.config_path(t.name) for t in members],
                             members, after, log=os.path.join(logs, f"vectorized-{i}.log")))
     return jobs
 
@@ -505,7 +515,7 @@ def run_local(sweep: Sweep, jobs: list[Job], workers: int) -> dict[str, int]:
     pending = list(jobs)
     running: dict[str, tuple[subprocess.Popen, Job, float, list, Any]] = {}
     finished: dict[str, int] = {}
-    env = dict(os.environ, RLHF_JAX_NO_PROGRESS="1")
+    env = child_env()
     bar = progress(sum(max(1, len(j.trials)) for j in jobs), "sweep")
     try:
         while pending or running:

@@ -167,12 +167,12 @@ def _run_program(stages: list, start: int) -> list:
         batches = [s.batch(it) for s in stages]
         batch = batches[0] if n == 1 else {k: np.stack([b[k] for b in batches]) for k in batches[0]}
         state, metrics = step(state, s0.frozen, batch, hp)
-        metrics = to_python(metrics)
+        metrics = to_python(metrics) if n == 1 else jax.device_get(metrics)  # one transfer
         seconds = time.time() - t0
         for j, st in enumerate(stages):
             if not alive[j]:
                 continue
-            mj = metrics if n == 1 else {k: v[j] for k, v in metrics.items()}
+            mj = metrics if n == 1 else to_python({k: v[j] for k, v in metrics.items()})
             get = (lambda: state) if n == 1 else (lambda j=j: _slice(state, j))
             try:
                 st.after_iteration(it, get, mj, seconds)
