@@ -1,4 +1,4 @@
-"""Metrics logging: one JSON line per ``log`` call in ``run_dir/metrics.jsonl`` (+ optional TensorBoard).
+"""Metrics logging: one JSON line per ``log`` call in ``run_dir/metrics.jsonl`` (+ TensorBoard, W&B).
 
 Line format: ``{"stage": "rl", "step": 12, "time": <unix seconds>, "objective/kl": 0.3, ...}``.
 Non-finite floats are written as the strings ``"nan"``, ``"inf"``, ``"-inf"`` (the file stays strict
@@ -6,7 +6,9 @@ JSON) and :func:`read_metrics` turns them back into floats.
 
 Resume: a restarted run calls ``MetricsLogger(run_dir, resume=True).truncate_after(stage, step)`` with
 the stage and step of the checkpoint it restored, so lines logged after that checkpoint are not
-duplicated (see :func:`truncate_metrics` for the exact rule).
+duplicated (see :func:`truncate_metrics` for the exact rule). The other backends (TensorBoard,
+W&B: ``metrics/backends.py``) mirror metrics.jsonl and are brought back in line with it, so they do
+not duplicate those steps either.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rlhf_jax.metrics.aggregate import to_python
+from rlhf_jax.metrics.backends import BACKEND_NAMES, Backend, logging_backends, make_backend
 
 __all__ = ["MetricsLogger", "read_metrics", "truncate_metrics", "progress", "PIPELINE_STAGES",
            "METRICS_FILE", "Progress"]
@@ -51,7 +54,7 @@ def _json_value(value: Any) -> Any:
     return value
 
 
-def _encode(stage: str, step: int, metrics: Mapping[str, Any]) -> str:
+def _record(stage: str, step: int, metrics: Mapping[str, Any]) -> dict:
     clash = [k for k in metrics if k in _RESERVED]
     if clash:
         raise ValueError(f"metric names {clash} clash with the reserved fields {_RESERVED}")
@@ -60,8 +63,8 @@ def _encode(stage: str, step: int, metrics: Mapping[str, Any]) -> str:
     if arrays:
         values.update(to_python(arrays))  # one device->host transfer for all array values
     record = {"stage": str(stage), "step": int(step), "time": time.time()}
-    record.update({str(k): _json_value(v) for k, v in values.items()})
-    return json.dumps(record, allow_nan=False)
+    record.update({str(k): v for k, v in values.items()})
+    return record
 
 
 def _decode(record: dict) -> dict:
@@ -120,73 +123,94 @@ def truncate_metrics(run_dir: str | os.PathLike, stage: str, step: int) -> int:
     return len(raw) - len(kept)
 
 
-def _tensorboard_writer(logdir: pathlib.Path):
-    try:
-        from tensorboardX import SummaryWriter
-    except ImportError:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ImportError(
-                "the 'tensorboard' metrics backend needs the package 'tensorboardX' "
-                "(pip install tensorboardX) or 'tensorboard' for torch.utils.tensorboard "
-                "(pip install tensorboard); neither is importable") from None
-    return SummaryWriter(str(logdir))
-
-
-BACKENDS = ("jsonl", "tensorboard")
+BACKENDS = BACKEND_NAMES
 
 
 class MetricsLogger:
-    """Append-only metrics log of a run directory.
+    """Append-only metrics log of a run directory, mirrored to TensorBoard / W&B if asked.
 
     Args:
       run_dir: the run's output directory (created if missing).
-      backends: any of 'jsonl' (``run_dir/metrics.jsonl``) and 'tensorboard' (``run_dir/tb``; needs
-        tensorboardX or tensorboard installed, checked here).
+      backends: any of 'jsonl' (``run_dir/metrics.jsonl``), 'tensorboard' (``run_dir/tensorboard``)
+        and 'wandb' (an offline W&B run in ``run_dir/wandb``), or backend objects
+        (:class:`~rlhf_jax.metrics.backends.TensorBoardBackend`, ``WandbBackend(mode=..., ...)``).
+        TensorBoard and W&B mirror metrics.jsonl, so they need 'jsonl' too; their packages
+        (requirements-logging.txt) are imported here.
       resume: keep an existing metrics.jsonl and append to it (call :meth:`truncate_after` with the
-        restored checkpoint's stage and step); otherwise an existing file is started afresh.
+        restored checkpoint's stage and step); otherwise an existing file is started afresh. On
+        resume the mirrors are rebuilt from metrics.jsonl at the first :meth:`log` (or at
+        :meth:`close`), after the truncation, so no step is in them twice.
+      config: the resolved config (a plain dict): W&B's run config, TensorBoard's text summary
+        'config' and hparams.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, backends: Iterable[str] = ("jsonl",),
-                 resume: bool = False):
-        backends = (backends,) if isinstance(backends, str) else tuple(backends)
+    def __init__(self, run_dir: str | os.PathLike, backends: Iterable[str | Backend] = ("jsonl",),
+                 resume: bool = False, config: Mapping[str, Any] | None = None):
+        backends = (backends,) if isinstance(backends, (str, Backend)) else tuple(backends)
         for b in backends:
-            if b not in BACKENDS:
-                close = difflib.get_close_matches(b, BACKENDS, n=1)
+            if not isinstance(b, Backend) and b not in BACKENDS:
+                close = difflib.get_close_matches(str(b), BACKENDS, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(BACKENDS)})"
                 raise ValueError(f"unknown metrics backend {b!r}{hint}")
+        mirrors = [m for m in (make_backend(b) for b in backends) if m is not None]
+        if mirrors and "jsonl" not in backends:
+            raise ValueError(f"the {mirrors[0].name!r} backend mirrors metrics.jsonl (what a resumed "
+                             f"run rebuilds it from): add the 'jsonl' backend")
         self.run_dir = pathlib.Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.backends = backends
+        self.backends = tuple(b if isinstance(b, str) else b.name for b in backends)
+        self.mirrors = mirrors
         self.path = self.run_dir / METRICS_FILE
-        self._tb = _tensorboard_writer(self.run_dir / "tb") if "tensorboard" in backends else None
         self._file = None
+        for m in mirrors:  # imports the packages: a missing one fails here, before any line
+            m.open(self.run_dir, config, resume)
         if "jsonl" in backends:
             self._file = open(self.path, "a" if resume else "w", encoding="utf-8")
+        self._lines = len(read_metrics(self.run_dir)) if resume else 0
+        self._stale = bool(resume and mirrors)  # the mirrors may hold lines metrics.jsonl lost
+        if mirrors and not resume:
+            self._sync()
+
+    @classmethod
+    def from_config(cls, run_dir: str | os.PathLike, cfg_logging, resume: bool = False,
+                    config: Mapping[str, Any] | None = None) -> MetricsLogger:
+        """The logger for the experiment config's ``logging`` section (jsonl + what it turns on)."""
+        return cls(run_dir, backends=logging_backends(cfg_logging), resume=resume, config=config)
+
+    def _sync(self) -> None:
+        records = read_metrics(self.run_dir)
+        for m in self.mirrors:
+            m.sync(records)
+        self._lines = len(records)
+        self._stale = False
 
     def log(self, step: int, metrics: Mapping[str, Any], stage: str) -> None:
-        """Write one line ``{"stage", "step", "time", **metrics}`` and flush it."""
-        line = _encode(stage, step, metrics)
+        """Write one line ``{"stage", "step", "time", **metrics}`` and flush it (then the mirrors)."""
+        record = _record(stage, step, metrics)
+        line = json.dumps({k: _json_value(v) for k, v in record.items()}, allow_nan=False)
         if self._file is not None:
             self._file.write(line + "\n")
             self._file.flush()
-        if self._tb is not None:
-            for key, value in json.loads(line).items():
-                if key in _RESERVED or isinstance(value, bool):
-                    continue
-                value = _NONFINITE.get(value, value) if isinstance(value, str) else value
-                if isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, int(step))
-            self._tb.flush()
+        if not self.mirrors:
+            return
+        if self._stale:
+            self._sync()  # includes the line just written
+            return
+        record = _decode(json.loads(line))  # what metrics.jsonl holds, and what a rebuild replays
+        for m in self.mirrors:
+            m.write(self._lines, record)
+        self._lines += 1
 
     def truncate_after(self, stage: str, step: int) -> int:
-        """Drop lines logged after checkpoint (``stage``, ``step``); see :func:`truncate_metrics`."""
+        """Drop lines logged after checkpoint (``stage``, ``step``); see :func:`truncate_metrics`.
+        The mirrors drop them too (rebuilt at the next :meth:`log` or :meth:`close`)."""
         if self._file is not None:
             self._file.close()
         dropped = truncate_metrics(self.run_dir, stage, step)
         if self._file is not None:
             self._file = open(self.path, "a", encoding="utf-8")
+        if dropped and self.mirrors:
+            self._stale = True
         return dropped
 
     def read(self) -> list[dict]:
@@ -196,9 +220,17 @@ class MetricsLogger:
         if self._file is not None:
             self._file.close()
             self._file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        try:
+            if self._stale:
+                self._sync()
+        except Exception as e:  # noqa: BLE001 -- never mask the error a run may be closing on
+            print(f"rlhf_jax: could not bring {', '.join(m.name for m in self.mirrors)} in line with "
+                  f"metrics.jsonl ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                  f"the next resume rebuilds them", file=sys.stderr)
+        finally:
+            for m in self.mirrors:
+                m.close()
+            self._stale = False
 
     def __enter__(self) -> MetricsLogger:
         return self

@@ -159,7 +159,8 @@ class Pipeline:
         resume = any(self.ckpt.latest_step(s) is not None for s in PIPELINE_STAGES)
         if resume:
             _log(f"resuming the run in {self.run_dir}")
-        self.logger = MetricsLogger(self.run_dir, resume=resume)
+        self.logger = MetricsLogger.from_config(self.run_dir, cfg.logging, resume=resume,
+                                                config=self.resolved)
         self.tok = self.src.tokenizer()
         self.model_cfg, self.init_lm = self.src.model(self.tok, jax.random.fold_in(self.key, 0))
 

@@ -140,7 +140,7 @@ ExperimentConfig = dataclasses.make_dataclass(
     frozen=True)
 ExperimentConfig.__module__ = __name__
 ExperimentConfig.__doc__ = """The whole experiment: steps 1-2 (model, task, data, pretrain, sft,
-reward), ``algorithm`` (step 3, by registered name) and one section per algorithm, eval, run."""
+reward), ``algorithm`` (step 3, by registered name) and one section per algorithm, eval, run, logging."""
 
 
 def algorithm_section(cfg):

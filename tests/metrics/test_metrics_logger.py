@@ -101,8 +101,8 @@ def test_read_metrics_torn_and_corrupt_lines(tmp_path):
 
 def test_tensorboard_backend_missing_package_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    with pytest.raises(ImportError, match="needs the package 'tensorboardX'"):
+    with pytest.raises(ImportError, match=r"needs the package 'tensorboardX', which is not installed; "
+                                          r"pip install -r requirements-logging\.txt"):
         MetricsLogger(tmp_path, backends=("jsonl", "tensorboard"))
 
 
@@ -110,11 +110,14 @@ def test_tensorboard_backend_writes_scalars(tmp_path, monkeypatch):
     written = []
 
     class FakeWriter:
-        def __init__(self, logdir):
+        def __init__(self, logdir, **kwargs):
             self.logdir = logdir
 
-        def add_scalar(self, tag, value, step):
+        def add_scalar(self, tag, value, step, walltime=None):
             written.append((tag, value, step))
+
+        def add_text(self, tag, text, step, walltime=None):
+            written.append((tag, text, step))
 
         def flush(self):
             pass
@@ -123,12 +126,13 @@ def test_tensorboard_backend_writes_scalars(tmp_path, monkeypatch):
             written.append("closed")
 
     monkeypatch.setitem(sys.modules, "tensorboardX", types.SimpleNamespace(SummaryWriter=FakeWriter))
-    with MetricsLogger(tmp_path, backends=("tensorboard",)) as log:
+    with MetricsLogger(tmp_path, backends=("jsonl", "tensorboard")) as log:
         log.log(7, {"objective/kl": jnp.array(0.25), "note": "x", "flag": True, "bad": float("nan")}, "rl")
-    assert written[0] == ("objective/kl", 0.25, 7)
-    assert written[1][0] == "bad" and math.isnan(written[1][1])
-    assert written[2:] == ["closed"]
-    assert not (tmp_path / "metrics.jsonl").exists()  # jsonl not requested
+    assert written[0] == ("rl/objective/kl", 0.25, 7)
+    assert written[1] == ("rl/note", "x", 7) and written[2] == ("rl/flag", 1.0, 7)
+    assert written[3][:1] == ("rl/bad",) and math.isnan(written[3][1])
+    assert written[4:] == ["closed"]
+    assert (tmp_path / "tensorboard").is_dir()
 
 
 def test_progress_enabled_disabled_and_postfix(capsys, monkeypatch):
