@@ -36,11 +36,12 @@ from rlhf_jax.algorithms.train_state import create_state, make_optimizer
 from rlhf_jax.checkpoint.orbax import RunCheckpoints
 from rlhf_jax.data.encoding import encode_prompt_response, encode_prompts
 from rlhf_jax.metrics.aggregate import to_python
+from rlhf_jax.metrics.backends import check_backends
 from rlhf_jax.metrics.logger import PIPELINE_STAGES, MetricsLogger, progress
 from rlhf_jax.models import get_preset, init_params
 from rlhf_jax.runner import sources
 from rlhf_jax.runner.config_loader import ConfigError
-from rlhf_jax.runner.evaluation import gold_of_samples, kl_of_samples, sample_many
+from rlhf_jax.runner.evaluation import decode_responses, gold_of_samples, kl_of_samples, sample_many
 from rlhf_jax.runner.report import write_report
 from rlhf_jax.runner.run_dir import (STOPPED_FILE, check_out_dir, load_npz, read_json, read_yaml,
                                      save_npz, write_json, write_yaml)
@@ -74,6 +75,7 @@ class Pipeline:
         the files an earlier attempt kept. Returns the stored summary when the run has finished."""
         cfg = self.cfg
         check_out_dir(self.run_dir)
+        check_backends(cfg.logging)
         self.resolved = resolved_config(cfg)
         self.algo = ALGORITHMS.get(cfg.algorithm)
         self.src = sources.Sources(cfg, self.run_dir)
@@ -116,6 +118,7 @@ class Pipeline:
         cfg_path = os.path.join(d, "config.yaml")
         old = read_yaml(cfg_path, f"restore it, or delete {d} to start the run again")
         self.adopt_config = False
+        self.rewrite_config = old is not None and old != self.resolved  # only free keys differ
         if old is not None:
             diff = _diff_keys(old, self.resolved, ignore=_MAY_DIFFER)
             stopped = read_json(os.path.join(d, STOPPED_FILE), "delete it")
@@ -151,7 +154,7 @@ class Pipeline:
         if cfg.run.reuse_from and not os.path.exists(cfg_path):
             _reuse_stages(cfg.run.reuse_from, self.run_dir)
             self._read_kept()  # the copied files, verified
-        if self.adopt_config or not os.path.exists(cfg_path):
+        if self.adopt_config or self.rewrite_config or not os.path.exists(cfg_path):
             write_yaml(cfg_path, self.resolved)
         if os.path.exists(os.path.join(self.run_dir, STOPPED_FILE)):
             os.remove(os.path.join(self.run_dir, STOPPED_FILE))
@@ -382,6 +385,12 @@ class Pipeline:
             self.logger.log(0, _eval_metrics(ev), stage="eval")
         return sft_params, rm_params, rm_info, initial
 
+    def _write_samples(self, ref_params, final, prompts, ids, mask) -> None:
+        """``samples.json``: a few held-out prompts with the reference (SFT) policy's and the final
+        policy's responses (and gold rewards), which the report shows side by side."""
+        write_json(os.path.join(self.run_dir, SAMPLES_FILE),
+                   _samples_record(self, ref_params, final, prompts, ids, mask))
+
     def finish(self, state, ref_params, rm_info, initial, t_start) -> dict:
         """The final policy's evaluation, summary.json and report.md: from here on the run is done."""
         cfg, ec = self.cfg, self.cfg.eval
@@ -391,6 +400,7 @@ class Pipeline:
         final = self.evaluate(policy, ref_params, eval_prompts, e_ids, e_mask, ec.samples_per_prompt,
                               key=self.rl_key)
         self.logger.log(algorithm_section(cfg).iterations, _eval_metrics(final), stage="eval")
+        self._write_samples(ref_params, final, eval_prompts, e_ids, e_mask)
         summary = dict(initial)
         summary["algorithm"] = cfg.algorithm
         summary.update({k: v for k, v in rm_info.items() if k.startswith("rm_")})
@@ -411,6 +421,28 @@ class Pipeline:
         write_report(self.run_dir)
         _log("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
         return summary
+
+
+SAMPLES_FILE, SAMPLES_SHOWN = "samples.json", 6
+
+
+def _pick(ev: dict, n: int, k: int) -> dict:
+    """The first of ``n`` samples of each of the first ``k`` prompts, host arrays."""
+    return {key: v[: n * k: n] for key, v in ev["samples"].items()}
+
+
+def _samples_record(pipe, ref_params, final, prompts, ids, mask) -> dict:
+    n = pipe.cfg.eval.samples_per_prompt
+    k = min(SAMPLES_SHOWN, len(prompts))
+    # The reference's samples as the initial evaluation drew them (same key and shapes).
+    ref = pipe.evaluate(ref_params, ref_params, prompts, ids, mask, n)
+    out = {"prompts": list(prompts[:k]),
+           "reference": decode_responses(pipe.tok, _pick(ref, n, k)),
+           "policy": decode_responses(pipe.tok, _pick(final, n, k))}
+    if "gold" in final:
+        out["gold_reference"] = [float(g) for g in ref["gold"][:k, 0]]
+        out["gold_policy"] = [float(g) for g in final["gold"][:k, 0]]
+    return out
 
 
 class RLStage:
@@ -557,8 +589,9 @@ def _reuse_stages(src: str, dst: str) -> None:
             shutil.copy2(a, b)
 
 
-_MAY_DIFFER = {"run.progress", "run.out_dir"}
-"""Keys a rerun may change freely: progress display, and where the directory is (it may be moved)."""
+_MAY_DIFFER = {"run.progress", "run.out_dir", "logging"}
+"""Keys a rerun may change freely: progress display, where the directory is (it may be moved), and
+the logging backends (each is rebuilt from metrics.jsonl)."""
 
 _REWARD_TRAINING = tuple(f"reward.{k}" for k in ("lr", "warmup", "b1", "b2", "eps", "weight_decay",
                                                   "max_grad_norm", "epochs", "batch_size", "margin",

@@ -163,6 +163,27 @@ def _read_summary(path: pathlib.Path) -> dict:
     return summary if isinstance(summary, dict) else {"summary": summary}
 
 
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|") or "_(empty)_"
+
+
+def _samples_section(samples: dict) -> list[str]:
+    """Held-out prompts with the reference (SFT) policy's and the final policy's responses."""
+    gold = "gold_policy" in samples
+    head = ("| prompt | reference (SFT) policy | final policy |" if not gold else
+            "| prompt | reference (SFT) policy | gold | final policy | gold |")
+    rows = [head, "|" + "---|" * (5 if gold else 3)]
+    for i, p in enumerate(samples["prompts"]):
+        ref, pol = samples["reference"][i], samples["policy"][i]
+        if gold:
+            rows.append(f"| {_cell(p)} | {_cell(ref)} | {samples['gold_reference'][i]:.3f} | "
+                        f"{_cell(pol)} | {samples['gold_policy'][i]:.3f} |")
+        else:
+            rows.append(f"| {_cell(p)} | {_cell(ref)} | {_cell(pol)} |")
+    return ["## Samples", "", "One sample per held-out prompt from each policy (evaluation "
+            "temperature).", ""] + rows + [""]
+
+
 def write_report(run_dir: str | os.PathLike) -> pathlib.Path:
     """Write ``run_dir/report.md`` and ``run_dir/plots/*.png``; returns the report's path."""
     import matplotlib
@@ -190,6 +211,10 @@ def write_report(run_dir: str | os.PathLike) -> pathlib.Path:
             n_plots += 1
     if not n_plots:
         parts += ["_no plottable metrics in metrics.jsonl_", ""]
+
+    samples = _read_summary(run_dir / "samples.json")
+    if samples.get("prompts"):
+        parts += _samples_section(samples)
 
     if records:
         stages = sorted({str(r.get("stage", "?")) for r in records})

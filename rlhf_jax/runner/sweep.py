@@ -21,7 +21,9 @@ one extra section, ``sweep``, that says what varies::
           ppo.epochs: {choice: [1, 2, 4]}
       workers: 2                     # trials run at once (local processes or Ray tasks)
 
-The configurations are the product of the grid, the zip groups and the random points; each runs
+A key ``*.name`` means ``name`` in the section of the trial's own algorithm (``*.iterations``
+gives every algorithm of an ``algorithm`` axis the same budget). The configurations are the
+product of the grid, the zip groups and the random points; each runs
 once per seed. Every trial is an ordinary run (``python -m rlhf_jax run`` of the resolved config
 the sweep writes to ``out_dir/configs/<name>.yaml``) in its own directory, named from its
 parameters. Trials that differ only in step-3 keys (the algorithm, its section, ``run.rl_seed``)
@@ -122,17 +124,29 @@ def _experiment(sf) -> Any:
 
 
 def _check_key(key: str, where: str) -> None:
+    """A swept key must name a field of the experiment config (with a did-you-mean when not)."""
+    import difflib
+    import typing
+
     if not isinstance(key, str) or not key or any(not p.strip() for p in key.split(".")):
         raise ConfigError(f"{where}: {key!r} is not a dotted config key like 'ppo.lr'")
-    head = key.split(".")[0]
-    if head == "sweep":
+    if key.split(".")[0] == "sweep":
         raise ConfigError(f"{where}: {key!r}: the sweep section cannot be swept")
-    if head not in _EXPERIMENT_FIELDS:
-        import difflib
-
-        close = difflib.get_close_matches(head, _EXPERIMENT_FIELDS, n=1)
-        raise ConfigError(f"{where}: unknown key {key!r}"
-                          + (f"; did you mean {close[0]!r}?" if close else ""))
+    if key.startswith("*."):  # the trial's algorithm's section: checked with each trial
+        return
+    cls, done = ExperimentConfig, []
+    for part in key.split("."):
+        if cls is None:
+            raise ConfigError(f"{where}: {'.'.join(done)!r} is a value, not a section, in {key!r}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            raise ConfigError(f"{where}: unknown key {key!r}"
+                              + (f"; did you mean {'.'.join(done + [close[0]])!r}?" if close else ""))
+        tp = typing.get_type_hints(cls)[part]
+        options = [a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)]
+        cls = options[0] if options else None
+        done.append(part)
 
 
 def _draw(rng: np.random.Generator, key: str, spec: dict) -> Any:
@@ -257,7 +271,8 @@ class Sweep:
 
 
 def _trial_names(points: list[dict], seeds: list) -> list[tuple[str, dict, Any]]:
-    keys = list(dict.fromkeys(k for p in points for k in p))
+    keys = [k for k in dict.fromkeys(k for p in points for k in p)  # those that vary name a trial
+            if len({repr(p.get(k)) for p in points}) > 1]
     out, used = [], {}
     for p in points:
         stem = ",".join(_name_part(k, p[k], keys) for k in keys if k in p) or "base"
@@ -284,7 +299,8 @@ def load_sweep(path: str, overrides: list[str] = ()) -> Sweep:
     points = expand(sc)
     trials = []
     for name, p, seed in _trial_names(points, list(sc.seeds)):
-        params = dict(p)
+        algorithm = p.get("algorithm", sf.algorithm)
+        params = {(f"{algorithm}.{k[2:]}" if k.startswith("*.") else k): v for k, v in p.items()}
         if seed is not None:
             params["run.rl_seed"] = seed
         ov = [o for o in exp_overrides if parse_override(o)[0].strip() not in params]
@@ -508,6 +524,17 @@ def _locks(sweep: Sweep, job: Job) -> list[TrialLock] | None:
     return None
 
 
+def _die_with_parent() -> None:
+    """In a trial's process before exec (Linux): SIGTERM when the sweep process dies."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere a killed sweep's trials finish on their own (their locks still hold)
+
+
 def run_local(sweep: Sweep, jobs: list[Job], workers: int) -> dict[str, int]:
     """Run the jobs as local processes, ``workers`` at a time, dependencies first."""
     from rlhf_jax.metrics.logger import progress
@@ -540,8 +567,12 @@ def run_local(sweep: Sweep, jobs: list[Job], workers: int) -> dict[str, int]:
                 log.write(f"$ {' '.join(job.argv)}\n")
                 log.flush()
                 _log(f"start {job.name}")
+                # The trial's process holds its locks too (an inherited descriptor), so a sweep
+                # killed with -9 leaves no trial a rerun could start twice; and it is told to stop
+                # (SIGTERM: checkpoint and exit) when the sweep process dies.
                 proc = subprocess.Popen(job.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with_parent,
+                                        pass_fds=[lk.f.fileno() for lk in locks])
                 running[job.name] = (proc, job, time.time(), locks, log)
             for name, (proc, job, t0, locks, log) in list(running.items()):
                 code = proc.poll()

@@ -47,8 +47,8 @@ def mean_interval(values) -> tuple[float, float]:
     return float(v.mean()), float(t_quantile(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
-def _config_label(params: dict) -> str:
-    items = [(k, v) for k, v in params.items() if k != "run.rl_seed"]
+def _config_label(params: dict, varying: set) -> str:
+    items = [(k, v) for k, v in params.items() if k != "run.rl_seed" and k in varying]
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items) or "base"
 
 
@@ -57,10 +57,11 @@ def trial_rows(sweep) -> list[dict]:
     from rlhf_jax.runner.sweep import trial_status
 
     keys = list(dict.fromkeys(k for t in sweep.trials for k in t.params if k != "run.rl_seed"))
+    varying = {k for k in keys if len({repr(t.params.get(k)) for t in sweep.trials}) > 1}
     rows = []
     for t in sweep.trials:
         st = trial_status(sweep, t)
-        row = {"trial": t.name, "configuration": _config_label(t.params), "seed": t.seed,
+        row = {"trial": t.name, "configuration": _config_label(t.params, varying), "seed": t.seed,
                "status": st["status"], "error": st.get("error") or ""}
         row.update({k: t.params.get(k) for k in keys})
         d = sweep.trial_dir(t)
