@@ -343,7 +343,7 @@ class Pipeline:
         if finished is not None:
             _log(f"{self.run_dir} holds a finished run: nothing to do (its summary follows)")
             if not os.path.exists(os.path.join(self.run_dir, "report.md")):
-                write_report(self.run_dir)
+                write_report(self.run_dir, plots=self.cfg.run.plots)
             return finished
         self.setup()
         try:
@@ -418,7 +418,7 @@ class Pipeline:
         self.logger.close()
         self.ckpt.close()
         write_json(os.path.join(self.run_dir, "summary.json"), summary)  # from here on, the run is done
-        write_report(self.run_dir)
+        write_report(self.run_dir, plots=self.cfg.run.plots)
         _log("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
         return summary
 
@@ -589,7 +589,7 @@ def _reuse_stages(src: str, dst: str) -> None:
             shutil.copy2(a, b)
 
 
-_MAY_DIFFER = {"run.progress", "run.out_dir", "logging"}
+_MAY_DIFFER = {"run.progress", "run.plots", "run.out_dir", "logging"}
 """Keys a rerun may change freely: progress display, where the directory is (it may be moved), and
 the logging backends (each is rebuilt from metrics.jsonl)."""
 

@@ -184,8 +184,8 @@ def _samples_section(samples: dict) -> list[str]:
             "temperature).", ""] + rows + [""]
 
 
-def write_report(run_dir: str | os.PathLike) -> pathlib.Path:
-    """Write ``run_dir/report.md`` and ``run_dir/plots/*.png``; returns the report's path."""
+def write_report(run_dir: str | os.PathLike, plots: bool = True) -> pathlib.Path:
+    """Write ``run_dir/report.md`` and (``plots``) ``run_dir/plots/*.png``; returns the report's path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,12 +204,14 @@ def write_report(run_dir: str | os.PathLike) -> pathlib.Path:
 
     parts += ["## Plots", ""]
     n_plots = 0
-    for panel in PANELS + tuple(_namespace_panels(records)):
+    for panel in (PANELS + tuple(_namespace_panels(records))) if plots else ():
         rel = _plot_panel(panel, records, summary, plots_dir)
         if rel is not None:
             parts += [f"### {panel.title}", "", f"![{panel.title}]({rel})", ""]
             n_plots += 1
-    if not n_plots:
+    if not plots:
+        parts += ["_plots off (run.plots: false)_", ""]
+    elif not n_plots:
         parts += ["_no plottable metrics in metrics.jsonl_", ""]
 
     samples = _read_summary(run_dir / "samples.json")

@@ -118,6 +118,7 @@ class RunConfig:
     #   differ only in it share steps 1-2 (a sweep's `seeds` set it)
     checkpoint_every: int = _r(10, 1)    # PPO iterations (pretrain/RM: every 10x that many steps)
     progress: bool = True
+    plots: bool = True                   # report.md's plots (a few seconds per run on a CPU)
     # Start from another run's finished steps 1–2 (tokenizer, LM, reward model, initial eval): PPO
     # variants compared on one reward model. Its config must agree on everything before PPO.
     reuse_from: Optional[str] = None

@@ -62,7 +62,8 @@ from rlhf_jax import interrupts
 from rlhf_jax.runner.config_loader import ConfigError, config_to_dict, load_config, parse_override
 from rlhf_jax.runner.pipeline import _steps12_id
 from rlhf_jax.runner.run_dir import read_json, write_json, write_yaml
-from rlhf_jax.runner.schema import ExperimentConfig, algorithm_section, check_overrides, resolved_config
+from rlhf_jax.runner.schema import (ALGORITHM_SECTIONS, ExperimentConfig, algorithm_section,
+                                    check_overrides, resolved_config)
 
 EXIT_OK, EXIT_FAILED = 0, 1
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
@@ -297,6 +298,14 @@ def load_sweep(path: str, overrides: list[str] = ()) -> Sweep:
     sc = sf.sweep
     exp_overrides = [o for o in overrides if not parse_override(o)[0].strip().startswith("sweep.")]
     points = expand(sc)
+    swept = {k for p in points for k in p} | ({"run.rl_seed"} if sc.seeds else set())
+    for o in exp_overrides:
+        key = parse_override(o)[0].strip()
+        if key in swept or key == "run.out_dir" or (key.startswith(tuple(f"{a}." for a in ALGORITHM_SECTIONS))
+                                                    and "*." + key.split(".", 1)[1] in swept):
+            raise ConfigError(f"override {o!r}: the sweep sets {key!r} for each trial"
+                              + (" (give sweep.out_dir instead)" if key == "run.out_dir" else
+                                 "; change the axis in the sweep file instead"))
     trials = []
     for name, p, seed in _trial_names(points, list(sc.seeds)):
         algorithm = p.get("algorithm", sf.algorithm)

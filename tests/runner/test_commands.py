@@ -53,10 +53,9 @@ def digest(path) -> dict:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("commands") / "run")
-    cfg = load_config(ExperimentConfig, QUICKSTART, [f"run.out_dir={out}", *TINY])
-    with pytest.MonkeyPatch.context() as mp:  # the plots take seconds and no command reads them
-        mp.setattr("rlhf_jax.runner.pipeline.write_report", lambda run_dir: None)
-        summary = Pipeline(cfg).run()
+    # run.plots=false: the plots take seconds and no command reads them
+    cfg = load_config(ExperimentConfig, QUICKSTART, [f"run.out_dir={out}", *TINY, "run.plots=false"])
+    summary = Pipeline(cfg).run()
     return {"dir": out, "summary": summary, "digest": digest(out)}
 
 

@@ -112,3 +112,12 @@ def test_whatever_step_3_logged_is_drawn(tmp_path):
                                  "plots/rl_policy.png", "plots/rl_val.png"]
     for rel in linked_pngs(text):
         assert_valid_png(tmp_path / rel)
+
+
+def test_plots_off_writes_the_tables_only(tmp_path):
+    with MetricsLogger(tmp_path) as log:
+        log.log(1, {"objective/kl": 0.5}, stage="rl")
+    text = write_report(tmp_path, plots=False).read_text()
+    assert "run.plots: false" in text and linked_pngs(text) == []
+    assert not list((tmp_path / "plots").glob("*.png"))
+    assert "objective/kl" in text  # the last-values table is still there

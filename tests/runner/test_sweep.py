@@ -27,7 +27,7 @@ pretrain: {{steps: 30, batch_size: 16}}
 reward: {{n_prompts: 40, k: 2, epochs: 1, batch_size: 8}}
 ppo: {{iterations: 4, batch_size: 8, minibatches: 1, epochs: 1}}
 eval: {{samples_per_prompt: 1, best_of_n: 2}}
-run: {{checkpoint_every: 2, progress: false}}
+run: {{checkpoint_every: 2, progress: false, plots: false}}
 """
 
 
@@ -110,6 +110,17 @@ def test_sweep_file_errors_name_the_key(tmp_path, body, words):
         assert w in str(e.value), str(e.value)
 
 
+def test_command_line_overrides_apply_to_every_trial_but_not_to_swept_keys(tmp_path):
+    path = _sweep_file(tmp_path, "  seeds: [0, 1]\n  grid: {'*.kl.beta': [0.1, 0.2]}\n")
+    sw = load_sweep(path, ["pretrain.steps=7", "sweep.workers=3"])
+    assert sw.sc.workers == 3 and {t.cfg.pretrain.steps for t in sw.trials} == {7}
+    assert {t.cfg.ppo.kl.beta for t in sw.trials} == {0.1, 0.2}
+    for bad, word in (("ppo.kl.beta=0.3", "'ppo.kl.beta'"), ("run.rl_seed=4", "'run.rl_seed'"),
+                      ("run.out_dir=x", "sweep.out_dir")):
+        with pytest.raises(ConfigError, match=word):
+            load_sweep(path, [bad])
+
+
 def test_invalid_grid_points_are_recorded_per_trial(tmp_path):
     path = _sweep_file(tmp_path, "  grid: {ppo.kl.beta: [0.1, -1.0], ppo.minibatches: [1, 3]}\n")
     sw = load_sweep(path)
@@ -185,11 +196,12 @@ def _attempts(out, name):
         return sum(line.startswith("$ ") for line in f)
 
 
-@pytest.mark.slow
-def test_sweep_killed_and_rerun_loses_nothing_and_runs_nothing_twice(tmp_path):
+@pytest.fixture(scope="module")
+def killed_sweep(tmp_path_factory):
     """6 trials: 2 good (two seeds), 2 out of range (recorded before anything runs), 2 that fail in
     their own run (a missing run.reuse_from: exit 2, recorded with its error line); killed with -9
-    after the first trial finished, then rerun."""
+    after the first trial finished, then rerun with 2 workers."""
+    tmp_path = tmp_path_factory.mktemp("killed_sweep")
     out = tmp_path / "out"
     path = _sweep_file(tmp_path, """  seeds: [0, 1]
   zip:
@@ -224,6 +236,12 @@ def test_sweep_killed_and_rerun_loses_nothing_and_runs_nothing_twice(tmp_path):
 
     proc = subprocess.run(cmd + ["--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
+    return out, cmd, env, good, proc
+
+
+@pytest.mark.slow
+def test_sweep_killed_and_rerun_loses_nothing_and_runs_nothing_twice(killed_sweep):
+    out, cmd, env, good, proc = killed_sweep
     assert proc.returncode == 1, proc.stderr  # some trials failed, as they should
     rows = _rows(out)
     assert len(rows) == 6
@@ -265,14 +283,17 @@ def test_sweep_killed_and_rerun_loses_nothing_and_runs_nothing_twice(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_launcher_runs_a_two_trial_sweep_on_a_local_instance(tmp_path):
+def test_ray_launcher_runs_a_two_trial_sweep_on_a_local_instance(tmp_path, killed_sweep):
     pytest.importorskip("ray", reason="Ray is optional (requirements-ray.txt); CI installs it")
     out = tmp_path / "out"
-    path = _sweep_file(tmp_path, """  seeds: [0, 1]
+    shared = next((killed_sweep[0] / "shared").iterdir())  # steps 1-2 built by the other sweep
+    path = _sweep_file(tmp_path, f"""  seeds: [0, 1]
   launcher: ray
   workers: 2
+ppo: {{iterations: 2}}
+run: {{reuse_from: {shared}}}
 """)
-    env = _env(tmp_path / "jax_cache")
+    env = dict(killed_sweep[2])  # its compilation cache too
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run([sys.executable, "-m", "rlhf_jax", "sweep", path], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -280,6 +301,6 @@ def test_ray_launcher_runs_a_two_trial_sweep_on_a_local_instance(tmp_path):
     assert "ray: started a local instance" in proc.stderr
     rows = _rows(out)
     assert [r["status"] for r in rows.values()] == ["done", "done"]
-    assert len(list((out / "shared").iterdir())) == 1
+    assert not (out / "shared").exists()  # the trials name their steps 1-2 run themselves
     for name in rows:
         assert (out / "trials" / name / "summary.json").exists()
