@@ -21,6 +21,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 QUICKSTART = os.path.join(ROOT, "experiments", "quickstart.yaml")
 
 

@@ -29,16 +29,16 @@ def supervised_loop(*, stage: str, state: Any, step_fn: Callable, data: dict[str
     before every checkpoint: the first NaN/Inf step raises :class:`NonFiniteError`, and no state
     from it or after it is saved.
     """
-    n = len(next(iter(data.values())))
-    batch_size = min(batch_size, n)
-    n_batches = n // batch_size
     start = 0
     last = ckpt.latest_step(stage)
     if last is not None:
         restored, meta = ckpt.restore(stage, {"train": state})
         state, start = restored["train"], int(meta["step"])
         if meta.get("done"):
-            return state
+            return state  # (``data`` may be None when the caller knows the stage is done)
+    n = len(next(iter(data.values())))
+    batch_size = min(batch_size, n)
+    n_batches = n // batch_size
     logger.truncate_after(stage, start)  # lines an interrupted attempt logged after `start`
 
     perm, perm_epoch = None, -1

@@ -83,7 +83,7 @@ class Pipeline:
         self.rl_prompts = self.src.rl_prompts()
         try:  # everything the chosen algorithm needs
             self.algo.check(algorithm_section(cfg), n_prompts=len(self.rl_prompts),
-                            has_pretrain_texts=bool(self.src.pretrain_texts()))
+                            has_pretrain_texts=self.src.has_pretrain_texts())
         except ValueError as e:
             raise ConfigError(f"algorithm {cfg.algorithm!r}: {e}") from None
         if cfg.reward.init == "scratch" and cfg.reward.preset is not None:
@@ -168,6 +168,14 @@ class Pipeline:
         self.model_cfg, self.init_lm = self.src.model(self.tok, jax.random.fold_in(self.key, 0))
 
     # ------------------------------------------------------------------ step 1: LM
+    def _finished(self, stage: str) -> bool:
+        """Whether ``stage``'s newest checkpoint is its last step (False when unreadable: the
+        stage's own restore then deals with it)."""
+        try:
+            return bool((self.ckpt.restore_meta(stage) or {}).get("done", False))
+        except Exception:  # noqa: BLE001 -- a damaged step is handled by RunCheckpoints.restore
+            return False
+
     def _lm_stage(self, stage, params, data, sc) -> dict:
         tx = make_optimizer(sc.lr, total_steps=sc.steps, **optimizer_kwargs(sc))
         step_fn = make_train_step(make_lm_loss(self.model_cfg), tx)
@@ -184,7 +192,14 @@ class Pipeline:
         cfg = self.cfg
         params = self.init_lm
         self.pretrain_data = None
-        texts = self.src.pretrain_texts()
+        # The texts are encoded when pretraining has steps left or PPO-ptx mixes them in (a run
+        # that reuses or resumes a finished step 1 skips generating and encoding the corpus).
+        done = cfg.pretrain.steps > 0 and self._finished("pretrain")
+        need = (cfg.pretrain.steps > 0 and not done) or algorithm_section(cfg).ptx_coef > 0
+        texts = self.src.pretrain_texts() if need else []
+        if done and not need:
+            _log(f"step 1: pretraining finished earlier ({cfg.pretrain.steps} steps)")
+            params = self._lm_stage("pretrain", params, None, cfg.pretrain)
         if texts:
             ids, mask = self.tok.encode(texts, self.model_cfg.max_len if cfg.model.pretrained is None
                                         else self.P + self.R, side="right", add_eos=True)

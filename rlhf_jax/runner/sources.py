@@ -56,8 +56,10 @@ class Sources:
         self._prompts = None
 
     def check_data(self, log=lambda msg: None) -> None:
-        """Read and check every data file the run will use, now (before any compute)."""
-        self.pretrain_texts()
+        """Read and check every data file the run will use, now (before any compute). The built-in
+        task's generated corpus is not a file: it is made when a stage needs it."""
+        if self.cfg.data.pretrain_text:
+            self.pretrain_texts()
         if self.cfg.sft.steps > 0:
             self.demonstrations()
         if self.cfg.data.preferences:
@@ -70,6 +72,12 @@ class Sources:
         if self._corpus is None:
             self._corpus = self.task.corpus(self.cfg.task.corpus_size, seed=self.cfg.run.seed) if self.task else []
         return self._corpus
+
+    def has_pretrain_texts(self) -> bool:
+        """Whether there are texts for step 1 / PPO-ptx (without generating the task's corpus)."""
+        if self.cfg.data.pretrain_text:
+            return bool(self.pretrain_texts())
+        return self.task is not None and self.cfg.task.corpus_size > 0
 
     def pretrain_texts(self) -> list[str]:
         if self._texts is not None:

@@ -119,10 +119,16 @@ def run_vectorized(cfgs: list) -> list[dict | None]:
     opened = []
     try:
         stages, prepared = [], []
+        shared = None
         for p in pipes:
             p.setup()
             opened.append(p)
-            sft, rm, rm_info, initial = p.prepare()
+            if shared is None:
+                shared = p.prepare()  # steps 1-2 of the one run they all reuse: read once
+                first = p
+            else:  # the same steps 1-2 (checked above): its parameters and files, not a re-read
+                p.rm_cfg, p.pretrain_data = first.rm_cfg, first.pretrain_data
+            sft, rm, rm_info, initial = shared
             stages.append(p.rl_stage(sft, rm, rm_info))
             prepared.append((rm_info, initial))
         by_start: dict[int, list[int]] = {}

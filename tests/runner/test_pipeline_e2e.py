@@ -64,6 +64,13 @@ def test_run_dir_contents(base_run):
         assert np.isfinite(s[key]), key
     report = open(os.path.join(out, "report.md")).read()
     assert "plots/" in report
+    # a few held-out prompts with the SFT and the final policy's responses side by side
+    samples = json.load(open(os.path.join(out, "samples.json")))
+    assert len(samples["prompts"]) == len(samples["reference"]) == len(samples["policy"]) >= 4
+    assert samples["policy"] != samples["reference"]
+    assert "## Samples" in report and "| prompt | reference (SFT) policy | gold | final policy | gold |" in report
+    first = report.split("## Samples")[1]
+    assert " ".join(samples["prompts"][0].split()) in first
     stages = {json.loads(line)["stage"] for line in open(os.path.join(out, "metrics.jsonl"))}
     assert {"pretrain", "reward", "rl", "eval"} <= stages
     assert s["algorithm"] == "ppo"
