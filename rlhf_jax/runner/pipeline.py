@@ -118,7 +118,9 @@ class Pipeline:
         cfg_path = os.path.join(d, "config.yaml")
         old = read_yaml(cfg_path, f"restore it, or delete {d} to start the run again")
         self.adopt_config = False
-        self.rewrite_config = old is not None and old != self.resolved  # only free keys differ
+        # Changed logging or plot settings are recorded (a moved directory or progress bars not)
+        self.rewrite_config = old is not None and bool(
+            _diff_keys(old, self.resolved, ignore={"run.out_dir", "run.progress"}))
         if old is not None:
             diff = _diff_keys(old, self.resolved, ignore=_MAY_DIFFER)
             stopped = read_json(os.path.join(d, STOPPED_FILE), "delete it")
