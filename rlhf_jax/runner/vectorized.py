@@ -30,21 +30,12 @@ from rlhf_jax.algorithms.registry import ALGORITHMS
 from rlhf_jax.algorithms.step import TrainingError
 from rlhf_jax.metrics.aggregate import to_python
 from rlhf_jax.runner.config_loader import ConfigError, config_to_dict
+from rlhf_jax.runner.report import _flatten as _flat
 from rlhf_jax.runner.run_dir import STOPPED_FILE, write_json
 
 
 def _log(msg: str) -> None:
     print(f"[rlhf_jax] {msg}", file=sys.stderr, flush=True)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def program_key(cfg) -> tuple[str, list[str]]:
