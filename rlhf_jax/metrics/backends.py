@@ -29,6 +29,7 @@ Why a rebuild rather than the backends' own resume mechanisms:
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import importlib
 import json
@@ -93,25 +94,26 @@ def _atomic_write(path: pathlib.Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class Backend:
-    """A copy of metrics.jsonl in another format (subclasses below)."""
+class Backend(abc.ABC):
+    """A copy of metrics.jsonl in another format: the interface the backends below implement."""
 
     name = ""
 
+    @abc.abstractmethod
     def open(self, run_dir: pathlib.Path, config: Mapping | None, resume: bool) -> None:
         """Bind to ``run_dir`` (the package is imported here); ``resume=False``: a fresh start."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def sync(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Hold exactly ``records`` (all of metrics.jsonl, in order) and nothing else."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def write(self, index: int, record: Mapping[str, Any]) -> None:
         """Append ``record``, line ``index`` (0-based) of metrics.jsonl."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Flush and release the backend's files (or W&B run)."""
 
 
 class _DropNonFiniteWarning(logging.Filter):
