@@ -55,7 +55,7 @@ def _run_job(args: list[str], log_path: str, cwd: str, env: dict, dependency=Non
 def run_ray(sweep, jobs: list, workers: int) -> dict[str, int]:
     """Run ``jobs`` as Ray tasks; records each trial's outcome as it completes."""
     from rlhf_jax import interrupts
-    from rlhf_jax.runner.sweep import _finish_job, _last_error, _locks, _log, _record, child_env
+    from rlhf_jax.runner.sweep_jobs import _finish_job, _last_error, _locks, _log, _record, child_env
 
     ray = _import_ray()
     rc = sweep.sc.ray

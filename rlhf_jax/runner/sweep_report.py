@@ -54,7 +54,7 @@ def _config_label(params: dict, varying: set) -> str:
 
 def trial_rows(sweep) -> list[dict]:
     """One dict per trial: name, configuration, seed, status, error, swept params, final metrics."""
-    from rlhf_jax.runner.sweep import trial_status
+    from rlhf_jax.runner.sweep_jobs import trial_status
 
     keys = list(dict.fromkeys(k for t in sweep.trials for k in t.params if k != "run.rl_seed"))
     varying = {k for k in keys if len({repr(t.params.get(k)) for t in sweep.trials}) > 1}

@@ -14,7 +14,6 @@ an ``error: [run_dir] ...`` line); the others go on.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
