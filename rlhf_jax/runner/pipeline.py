@@ -15,7 +15,6 @@ gets the resolved ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and ``rep
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import jax
@@ -23,39 +22,32 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import interrupts
-from rlhf_jax.algorithms.base import RL_GUARDED, RLSetup, frozen_inputs
 from rlhf_jax.algorithms.loop import supervised_loop
 from rlhf_jax.algorithms.registry import ALGORITHMS
 from rlhf_jax.algorithms.reward_model import (init_reward_model, make_rm_loss, normalization,
                                               pairwise_accuracy, ranking_accuracy, score_in_batches)
 from rlhf_jax.algorithms.sft import make_lm_loss
-from rlhf_jax.algorithms.step import (GUARD_KEY, DegenerateError, NonFiniteError, TrainingError,
-                                     make_train_step, nonfinite_metric)
+from rlhf_jax.algorithms.step import DegenerateError, TrainingError, make_train_step
 from rlhf_jax.algorithms.sections import optimizer_kwargs
 from rlhf_jax.algorithms.train_state import create_state, make_optimizer
 from rlhf_jax.checkpoint.orbax import RunCheckpoints
 from rlhf_jax.data.encoding import encode_prompt_response, encode_prompts
 from rlhf_jax.metrics.aggregate import to_python
 from rlhf_jax.metrics.backends import check_backends
-from rlhf_jax.metrics.logger import PIPELINE_STAGES, MetricsLogger, progress
+from rlhf_jax.metrics.logger import PIPELINE_STAGES, MetricsLogger
 from rlhf_jax.models import get_preset, init_params
 from rlhf_jax.runner import sources
 from rlhf_jax.runner.config_loader import ConfigError
-from rlhf_jax.runner.evaluation import decode_responses, gold_of_samples, kl_of_samples, sample_many
+from rlhf_jax.runner.evaluation import gold_of_samples, kl_of_samples, sample_many
 from rlhf_jax.runner.report import write_report
+from rlhf_jax.runner.rl_stage import (SAMPLES_FILE, RLStage, _copy_tree, _eval_metrics, _log,
+                                      _samples_record)
+from rlhf_jax.runner.run_reuse import (_MAY_DIFFER, _check_reusable, _diff_keys, _may_change,
+                                       _reuse_stages)
 from rlhf_jax.runner.run_dir import (STOPPED_FILE, check_out_dir, load_npz, read_json, read_yaml,
                                      save_npz, write_json, write_yaml)
 from rlhf_jax.runner.schema import (ALGORITHM_SECTIONS, ExperimentConfig, algorithm_section,
                                     resolved_config)
-
-
-def _log(msg: str) -> None:
-    print(f"[rlhf_jax] {msg}", file=sys.stderr, flush=True)
-
-
-def _copy_tree(tree):
-    """Fresh buffers (the PPO step donates its state; the reference must not alias it)."""
-    return jax.tree_util.tree_map(jnp.copy, tree)
 
 
 class Pipeline:
@@ -438,193 +430,6 @@ class Pipeline:
         write_report(self.run_dir, plots=self.cfg.run.plots)
         _log("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
         return summary
-
-
-SAMPLES_FILE, SAMPLES_SHOWN = "samples.json", 6
-
-
-def _pick(ev: dict, n: int, k: int) -> dict:
-    """The first of ``n`` samples of each of the first ``k`` prompts, host arrays."""
-    return {key: v[: n * k: n] for key, v in ev["samples"].items()}
-
-
-def _samples_record(pipe, ref_params, final, prompts, ids, mask) -> dict:
-    n = pipe.cfg.eval.samples_per_prompt
-    k = min(SAMPLES_SHOWN, len(prompts))
-    # The reference's samples as the initial evaluation drew them (same key and shapes).
-    ref = pipe.evaluate(ref_params, ref_params, prompts, ids, mask, n)
-    out = {"prompts": list(prompts[:k]),
-           "reference": decode_responses(pipe.tok, _pick(ref, n, k)),
-           "policy": decode_responses(pipe.tok, _pick(final, n, k))}
-    if "gold" in final:
-        out["gold_reference"] = [float(g) for g in ref["gold"][:k, 0]]
-        out["gold_policy"] = [float(g) for g in final["gold"][:k, 0]]
-    return out
-
-
-class RLStage:
-    """One run's step 3 around the algorithm's jitted iteration: its inputs (setup, frozen params,
-    hyperparameters, the state, restored when resuming) and what follows each iteration (the
-    non-finite guard, metrics, the progress bar, held-out evaluation, checkpoints). ``Pipeline.rl``
-    drives one; a vectorised sweep drives several with one vmapped iteration."""
-
-    def __init__(self, pipe: Pipeline, sft_params, rm_params, rm_info):
-        cfg = pipe.cfg
-        self.pipe, self.algo = pipe, pipe.algo
-        self.sec = sec = algorithm_section(cfg)
-        ids, mask = encode_prompts(pipe.tok, pipe.rl_prompts, pipe.P)
-        self.setup = RLSetup(model_cfg=pipe.model_cfg, rm_cfg=pipe.rm_cfg, policy_params=sft_params,
-                             rm_params=rm_params, prompt_ids=ids, prompt_mask=mask,
-                             response_len=pipe.R, eos_id=pipe.tok.eos_id, pad_id=pipe.tok.pad_id,
-                             seed=pipe.rl_seed, ptx=pipe.pretrain_data if sec.ptx_coef > 0 else None)
-        self.ref_params = _copy_tree(sft_params)
-        self.frozen = frozen_inputs(self.setup, self.ref_params,
-                                    {"gain": rm_info["gain"], "bias": rm_info["bias"]})
-        self.state = self.algo.init(self.setup, sec, jax.random.fold_in(pipe.rl_key, 7))
-        self.start = 0
-        if pipe.ckpt.latest_step("rl") is not None:
-            restored, meta = pipe.ckpt.restore("rl", {"rl": self.state})
-            self.state, self.start = restored["rl"], int(meta["step"])
-        pipe.logger.truncate_after("rl", self.start)  # lines an interrupted attempt logged after it
-        pipe.logger.truncate_after("eval", self.start)
-        self.hp = self.algo.hparams(sec)
-        self.eval_prompts = pipe.src.eval_prompts()
-        self.e_ids, self.e_mask = encode_prompts(pipe.tok, self.eval_prompts, pipe.P)
-        self.iter_times: list[float] = []
-        self.good = self.start or None
-        n_resp = self.algo.responses_per_iteration(sec, len(ids))
-        _log(f"step 3: {cfg.algorithm} for {sec.iterations} iterations of {n_resp} responses"
-             + (f" ({pipe.run_dir})" if pipe.show is False else ""))
-        self.bar = progress(sec.iterations, cfg.algorithm, initial=self.start, force=pipe.show)
-
-    def batch(self, it: int) -> dict:
-        return self.algo.batch(self.setup, self.sec, it)
-
-    def after_iteration(self, it: int, state, metrics: dict, seconds: float) -> None:
-        """Iteration ``it`` produced ``state`` and (host) ``metrics``: guard, log, evaluate, save.
-        ``state`` may be a zero-argument function giving it (only called when it is needed)."""
-        pipe, sec = self.pipe, self.sec
-        get_state = state if callable(state) else (lambda: state)
-        bad = nonfinite_metric(metrics.pop(GUARD_KEY), metrics, RL_GUARDED)
-        if bad is not None:
-            raise NonFiniteError("rl", it + 1, bad, self.good)
-        self.iter_times.append(seconds)
-        pipe.logger.log(it + 1, metrics, stage="rl")
-        self.bar.update(1)
-        self.bar.set_metrics({"score": metrics["objective/scores"], "kl": metrics["objective/kl"]})
-        if (it + 1) % sec.eval_every == 0 and it + 1 < sec.iterations:
-            ev = pipe.evaluate(self.algo.policy(get_state()), self.ref_params, self.eval_prompts, self.e_ids,
-                               self.e_mask, 1, key=pipe.rl_key)
-            pipe.logger.log(it + 1, _eval_metrics(ev), stage="eval")
-        if (it + 1) % pipe.cfg.run.checkpoint_every == 0 or it + 1 == sec.iterations:
-            pipe.ckpt.save("rl", it + 1, {"rl": get_state()}, {"done": it + 1 == sec.iterations})
-            self.good = it + 1
-
-    def close(self) -> None:
-        self.bar.close()
-        t = self.iter_times
-        self.pipe.times["rl"] = sum(t)
-        self.pipe.times["rl_iteration_s"] = float(np.median(t[1:])) if len(t) > 1 else (
-            t[0] if t else float("nan"))
-
-
-def _eval_metrics(ev) -> dict:
-    out = {"eval/kl": float(ev["kl"].mean())}
-    if "gold" in ev:
-        out["eval/gold_reward"] = float(ev["gold"].mean())
-    return out
-
-
-def _diff_keys(a, b, ignore=(), prefix="") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            key = f"{prefix}{k}"
-            if key in ignore:
-                continue
-            out += _diff_keys(a.get(k), b.get(k), ignore, key + ".")
-        return out
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-_REUSED = ("tokenizer", "reward_data.npz", "reward_model.json", "eval_initial.json",
-           "checkpoints/pretrain", "checkpoints/sft", "checkpoints/reward")
-
-
-def _check_reusable(src: str, resolved: dict) -> None:
-    """Run ``src`` must have finished steps 1-2 with a config that agrees on them."""
-    src_cfg = os.path.join(src, "config.yaml")
-    old = read_yaml(src_cfg, f"run.reuse_from cannot use {src}")
-    if old is None:
-        raise ConfigError(f"run.reuse_from: no run at {src} (no config.yaml)")
-    diff = [k for k in _diff_keys(old, resolved) if not _step3_key(k)]
-    if diff:
-        raise ConfigError(f"run.reuse_from: {src} was made with a different config before step 3 "
-                          f"(differs at {', '.join(diff[:5])})")
-    if read_json(os.path.join(src, "reward_model.json"), f"run.reuse_from cannot use {src}") is None:
-        raise ConfigError(f"run.reuse_from: {src} has not finished its reward model yet")
-
-
-def _step3_key(key: str) -> bool:
-    """A key that only step 3 reads (runs differing only in these can share steps 1-2)."""
-    head = key.split(".")[0]
-    if head == "run":
-        return key != "run.seed"  # the seed of steps 1-2 (run.rl_seed is step 3's own)
-    return head in ("algorithm", "logging") + ALGORITHM_SECTIONS
-
-
-def _steps12_id(cfg) -> str:
-    """A short id of everything steps 1-2 of ``cfg`` depend on (all keys but step 3's)."""
-    import hashlib
-    import json
-
-    from rlhf_jax.runner.config_loader import config_to_dict
-
-    flat = {}
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            elif not _step3_key(f"{prefix}{k}"):
-                flat[f"{prefix}{k}"] = v
-
-    walk(config_to_dict(cfg))
-    return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def _reuse_stages(src: str, dst: str) -> None:
-    """Copy the finished steps 1-2 artifacts of run ``src`` (checked) into the new run ``dst``."""
-    import shutil
-
-    for name in _REUSED:
-        a, b = os.path.join(src, name), os.path.join(dst, name)
-        if os.path.isdir(a):
-            shutil.copytree(a, b, dirs_exist_ok=True)
-        elif os.path.exists(a):
-            os.makedirs(os.path.dirname(b), exist_ok=True)
-            shutil.copy2(a, b)
-
-
-_MAY_DIFFER = {"run.progress", "run.plots", "run.out_dir", "logging"}
-"""Keys a rerun may change freely: progress display, where the directory is (it may be moved), and
-the logging backends (each is rebuilt from metrics.jsonl)."""
-
-_REWARD_TRAINING = tuple(f"reward.{k}" for k in ("lr", "warmup", "b1", "b2", "eps", "weight_decay",
-                                                  "max_grad_norm", "epochs", "batch_size", "margin",
-                                                  "center_coef"))
-_STAGE_KEYS = {"pretrain": ("pretrain", "sft", "reward"), "sft": ("sft", "reward"),
-               "reward": _REWARD_TRAINING, "rl": ()}
-
-
-def _may_change(stage: str, diff: list[str], algorithm: str) -> bool:
-    """After a non-finite stop in ``stage``, a rerun may change that stage's training settings and
-    later stages' (not the model, the data, the comparisons already sampled, or the algorithm's
-    name: the kept checkpoints and files depend on them)."""
-    if stage not in _STAGE_KEYS:
-        return False
-    allowed = _STAGE_KEYS[stage] + (algorithm, "eval")
-    return all(any(k == a or k.startswith(a + ".") for a in allowed) for k in diff)
 
 
 def run_experiment(cfg: ExperimentConfig, stop_after: str | None = None) -> dict | None:

@@ -58,7 +58,7 @@ import numpy as np
 import yaml
 
 from rlhf_jax.runner.config_loader import ConfigError, config_to_dict, load_config, parse_override
-from rlhf_jax.runner.pipeline import _steps12_id
+from rlhf_jax.runner.run_reuse import _steps12_id
 from rlhf_jax.runner.run_dir import write_yaml
 from rlhf_jax.runner.schema import (ALGORITHM_SECTIONS, ExperimentConfig, algorithm_section,
                                     check_overrides)

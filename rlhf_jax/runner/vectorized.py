@@ -85,7 +85,8 @@ def run_vectorized(cfgs: list) -> list[dict | None]:
     a run that failed: its reason is logged as ``error: [run_dir] ...``). Runs already finished
     are skipped; interrupted ones resume from their checkpoints (runs resumed at different
     iterations go as separate programs)."""
-    from rlhf_jax.runner.pipeline import Pipeline, _steps12_id
+    from rlhf_jax.runner.pipeline import Pipeline
+    from rlhf_jax.runner.run_reuse import _steps12_id
 
     keys = {program_key(c)[0] for c in cfgs}
     if len(keys) > 1:

@@ -13,7 +13,7 @@ import pytest
 
 from rlhf_jax import interrupts
 from rlhf_jax.algorithms.step import NonFiniteError, guarded_names, nonfinite_code, nonfinite_metric
-from rlhf_jax.runner.pipeline import _may_change
+from rlhf_jax.runner.run_reuse import _may_change
 from rlhf_jax.runner.run_dir import (RunDirError, check_out_dir, load_npz, read_json, read_yaml,
                                      save_npz, write_json, write_yaml)
 
