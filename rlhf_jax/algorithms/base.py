@@ -52,6 +52,8 @@ class RLSetup:
     pad_id: int
     seed: int = 0
     ptx: dict | None = None        # pretraining arrays {'input_ids', 'attention_mask'} for PPO-ptx
+    preferences: dict | None = None  # {'train', 'eval'}: step 2's comparisons, {'input_ids',
+    #   'attention_mask'} [n, K, L] and 'mu' [n] (K = 2) or 'order' [n, K] (offline algorithms)
 
     @property
     def prompt_len(self) -> int:
@@ -248,6 +250,9 @@ class Algorithm:
         return self.family.hparams(sec)
 
     def batch(self, setup: RLSetup, sec, it: int) -> dict:
+        own = getattr(self.family, "batch", None)
+        if own is not None:
+            return own(setup, sec, it)
         return prompt_batch(setup, sec, it, self.family.group_size(sec))
 
     def vector_keys(self) -> tuple[str, ...]:
@@ -255,7 +260,28 @@ class Algorithm:
         return VECTOR_KEYS + tuple(getattr(self.family, "vector_keys", ()))
 
     def responses_per_iteration(self, sec, n_prompts: int) -> int:
+        own = getattr(self.family, "responses_per_iteration", None)
+        if own is not None:
+            return own(sec, n_prompts)
         return responses_per_iteration(sec, n_prompts, self.family.group_size(sec))
+
+    def prepare(self, setup: RLSetup, sec) -> RLSetup:
+        """What the algorithm computes once before its first iteration (e.g. DPO's reference
+        logprobs), as a new setup; most have nothing to add."""
+        own = getattr(self.family, "prepare", None)
+        return setup if own is None else own(setup, sec)
+
+    def evaluate(self, setup: RLSetup, sec, params, hp) -> dict:
+        """The algorithm's own held-out metrics (``eval/...``) of policy ``params``, logged with
+        every evaluation; most have none beyond the pipeline's gold reward and KL."""
+        own = getattr(self.family, "evaluate", None)
+        return {} if own is None else own(setup, sec, params, hp)
+
+    @property
+    def progress_metrics(self) -> tuple[tuple[str, str], ...]:
+        """(label, metric) pairs the progress bar shows."""
+        return getattr(self.family, "progress_metrics",
+                       (("score", "objective/scores"), ("kl", "objective/kl")))
 
     @staticmethod
     def policy(state: RLState):

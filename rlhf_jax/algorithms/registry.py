@@ -1,8 +1,9 @@
 """The built-in RL algorithms, registered by name: ``algorithm: NAME`` in a config picks one.
 
-Each is a preset of one policy-gradient objective (``losses/pg.py``: ratio × clip × aggregation,
+The on-policy ones are presets of one policy-gradient objective (``losses/pg.py``: ratio × clip × aggregation,
 KL placement) on one of two families (``ppo.ActorCritic`` with a critic and GAE,
-``pg.CriticFree`` with sequence-level baselines). A preset's section is its family's config class
+``pg.CriticFree`` with sequence-level baselines); the offline preference ones (DPO, IPO, cDPO,
+SimPO) presets of one loss over implicit rewards (``dpo.Preference``). A preset's section is its family's config class
 with the preset's defaults, so every choice can be overridden (``grpo.aggregation=token_mean``) and
 the run's resolved ``config.yaml`` shows all of them. ``docs/algorithms.md`` has the equations.
 
@@ -15,6 +16,7 @@ a family object with ``group_size, needs, check, hparams, init, make_iteration``
 from __future__ import annotations
 
 from rlhf_jax.algorithms.base import ALGORITHMS, Algorithm
+from rlhf_jax.algorithms.dpo import DPOConfig, Preference
 from rlhf_jax.algorithms.pg import CriticFree
 from rlhf_jax.algorithms.ppo import ActorCritic
 from rlhf_jax.algorithms.sections import PGConfig, PPOConfig, preset_section
@@ -85,3 +87,16 @@ _preset("remax", PGConfig, CriticFree,
         "Li et al. 2023",
         advantage="remax", group_size=1, epochs=1, minibatches=1, ratio="none", clip="none",
         aggregation="seq_mean_token_sum", lr=2e-3)
+
+register("dpo", DPOConfig, Preference,
+         "direct preference optimisation: −log σ of the implicit-reward margin, from step 2's comparisons",
+         "Rafailov et al. 2023")
+_preset("ipo", DPOConfig, Preference,
+        "identity preference optimisation: squared loss toward a log-ratio margin of 1/(2β)",
+        "Azar et al. 2023", loss="ipo", beta=0.1)
+_preset("cdpo", DPOConfig, Preference,
+        "conservative DPO: labels smoothed by ε, robust to flipped comparisons",
+        "Mitchell 2023; Rafailov et al. 2023", label_smoothing=0.1)
+_preset("simpo", DPOConfig, Preference,
+        "reference-free, length-normalised implicit reward with a target margin γ",
+        "Meng et al. 2024", reference="none", length_normalize=True, beta=2.0, margin=1.0)

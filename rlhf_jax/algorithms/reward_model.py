@@ -93,3 +93,12 @@ def normalization(scores: np.ndarray, mode: str, reference_scores: np.ndarray | 
     gain, bias = fit_normalization(jnp.asarray(scores), mode,
                                    None if reference_scores is None else jnp.asarray(reference_scores))
     return float(gain), float(bias)
+
+
+def split_comparisons(data: dict, eval_fraction: float) -> tuple[dict, dict]:
+    """Step 2's comparisons as (train, held out): the last ``eval_fraction`` of the prompts are held
+    out (at least one); the reward model and the offline algorithms use the same split."""
+    n = len(data["input_ids"])
+    n_eval = max(1, int(round(eval_fraction * n)))
+    return ({k: v[: n - n_eval] for k, v in data.items() if k != "gold"},
+            {k: v[n - n_eval:] for k, v in data.items()})

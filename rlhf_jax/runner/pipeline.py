@@ -25,7 +25,8 @@ from rlhf_jax import interrupts
 from rlhf_jax.algorithms.loop import supervised_loop
 from rlhf_jax.algorithms.registry import ALGORITHMS
 from rlhf_jax.algorithms.reward_model import (init_reward_model, make_rm_loss, normalization,
-                                              pairwise_accuracy, ranking_accuracy, score_in_batches)
+                                              pairwise_accuracy, ranking_accuracy, score_in_batches,
+                                              split_comparisons)
 from rlhf_jax.algorithms.sft import make_lm_loss
 from rlhf_jax.algorithms.step import DegenerateError, TrainingError, make_train_step
 from rlhf_jax.algorithms.sections import optimizer_kwargs
@@ -50,6 +51,11 @@ from rlhf_jax.runner.schema import (ALGORITHM_SECTIONS, ExperimentConfig, algori
                                     resolved_config)
 
 
+def _offline_names() -> list[str]:
+    return [n for n in ALGORITHMS.names() if "reward_model" not in ALGORITHMS.get(n).needs(
+        ALGORITHMS.get(n).section())]
+
+
 class Pipeline:
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
@@ -70,6 +76,7 @@ class Pipeline:
         check_backends(cfg.logging)
         self.resolved = resolved_config(cfg)
         self.algo = ALGORITHMS.get(cfg.algorithm)
+        self._check_needs()
         self.src = sources.Sources(cfg, self.run_dir)
         self.src.check_data(_log)
         self.rl_prompts = self.src.rl_prompts()
@@ -104,6 +111,20 @@ class Pipeline:
                     raise ConfigError(f"{where}: the tokenizer's {name} id {i} is outside the model's "
                                       f"vocabulary of {model_cfg.vocab_size}")
         return self._check_run_dir()
+
+    def _check_needs(self) -> None:
+        """What the chosen algorithm needs from steps 1-2, before anything is read."""
+        cfg = self.cfg
+        needs = self.algo.needs(algorithm_section(cfg))
+        if "reward_model" in needs and not cfg.reward.train:
+            raise ConfigError(f"algorithm {cfg.algorithm!r} needs a reward model, but reward.train is "
+                              f"false: set reward.train=true or choose an algorithm that learns from "
+                              f"comparisons directly ({', '.join(_offline_names())})")
+        if "preferences" in needs and cfg.task.name is None and not cfg.data.preferences:
+            raise ConfigError(f"algorithm {cfg.algorithm!r} learns from preference pairs, and this run "
+                              f"has no source of them: set data.preferences to a TRL / HH / TL;DR "
+                              f"preference file, or task.name to a built-in task (its simulated "
+                              f"labelers compare the step-2 samples)")
 
     def _check_run_dir(self) -> dict | None:
         cfg, d = self.cfg, self.run_dir
@@ -189,7 +210,7 @@ class Pipeline:
         # The texts are encoded when pretraining has steps left or PPO-ptx mixes them in (a run
         # that reuses or resumes a finished step 1 skips generating and encoding the corpus).
         done = cfg.pretrain.steps > 0 and self._finished("pretrain")
-        need = (cfg.pretrain.steps > 0 and not done) or algorithm_section(cfg).ptx_coef > 0
+        need = (cfg.pretrain.steps > 0 and not done) or getattr(algorithm_section(cfg), "ptx_coef", 0.0) > 0
         texts = self.src.pretrain_texts() if need else []
         if done and not need:
             _log(f"step 1: pretraining finished earlier ({cfg.pretrain.steps} steps)")
@@ -215,7 +236,8 @@ class Pipeline:
     def reward_data(self, sft_params) -> dict:
         path = os.path.join(self.run_dir, "reward_data.npz")
         if self.kept["reward_data"] is not None:
-            return self.kept["reward_data"]
+            self.comparisons = self.kept["reward_data"]
+            return self.comparisons
         rc = self.cfg.reward
         if self.cfg.data.preferences:
             data = self.src.preference_arrays(self.tok, self.P, self.R)
@@ -239,15 +261,19 @@ class Pipeline:
             else:
                 data["order"] = self.src.labelers.ranking_labels(gold, tau=rc.tau, rng=rng)
         save_npz(path, data)
+        self.comparisons = data
         return data
 
     def reward_model(self, sft_params):
         cfg, rc = self.cfg, self.cfg.reward
         data = self.reward_data(sft_params)
-        n = len(data["input_ids"])
-        n_eval = max(1, int(round(rc.eval_fraction * n)))
-        train = {k: v[: n - n_eval] for k, v in data.items() if k != "gold"}
-        evals = {k: v[n - n_eval:] for k, v in data.items()}
+        if not rc.train:
+            _log(f"step 2: {len(data['input_ids'])} comparisons made; no reward model is trained "
+                 f"(reward.train is false)")
+            self.rm_cfg, self.rm_params = None, None
+            return None, {}
+        train, evals = split_comparisons(data, rc.eval_fraction)
+        n_eval = len(evals["input_ids"])
         rm_cfg = self.model_cfg
         if rc.init == "scratch":
             rm_cfg = get_preset(rc.preset or cfg.model.preset, vocab_size=self.model_cfg.vocab_size,
@@ -270,7 +296,7 @@ class Pipeline:
                                 hparams=hp, ckpt=self.ckpt, logger=self.logger,
                                 ckpt_every=10 * cfg.run.checkpoint_every, show_progress=self.show)
         self.times["reward"] = time.time() - t0
-        rm_params = state.params
+        rm_params = self.rm_params = state.params
 
         info_path = os.path.join(self.run_dir, "reward_model.json")
         info = self.kept["reward_model"]
@@ -306,6 +332,7 @@ class Pipeline:
             self.logger.log(steps, {"eval/rm_accuracy": info["rm_eval_accuracy"]}, stage="reward")
         _log(f"reward model held-out accuracy {info['rm_eval_accuracy']:.3f}"
              + (f" (label ceiling {info['rm_label_ceiling']:.3f})" if "rm_label_ceiling" in info else ""))
+        self.rm_norm = (info["gain"], info["bias"])
         return rm_params, info
 
     # ------------------------------------------------------------------ step 3: RL
@@ -322,12 +349,16 @@ class Pipeline:
         if self.src.gold is not None:
             out["gold"] = gold_of_samples(self.src.gold, self.tok, prompts, n, samples)
         out["kl"] = kl_of_samples(self.model_cfg, params, ref_params, samples, ec.temperature, self.P)
+        if getattr(self, "rm_params", None) is not None:  # the proxy: the normalised RM score
+            raw = score_in_batches(self.rm_cfg, self.rm_params, samples["sequences"], samples["sequence_mask"])
+            out["proxy"] = (self.rm_norm[0] * raw + self.rm_norm[1]).reshape(len(ids), n)
         interrupts.check()
         return out
 
     def rl_stage(self, sft_params, rm_params, rm_info) -> RLStage:
         """Step 3's inputs and per-iteration bookkeeping for this run (state restored if resumed)."""
-        return RLStage(self, sft_params, rm_params, rm_info)
+        self.stage = RLStage(self, sft_params, rm_params, rm_info)
+        return self.stage
 
     def rl(self, sft_params, rm_params, rm_info):
         """Step 3 for the chosen algorithm: resume, iterate, evaluate, checkpoint."""
@@ -408,14 +439,19 @@ class Pipeline:
         policy = self.algo.policy(state)
         final = self.evaluate(policy, ref_params, eval_prompts, e_ids, e_mask, ec.samples_per_prompt,
                               key=self.rl_key)
-        self.logger.log(algorithm_section(cfg).iterations, _eval_metrics(final), stage="eval")
+        own = self.stage.own_eval(policy)
+        self.logger.log(algorithm_section(cfg).iterations, {**_eval_metrics(final), **own}, stage="eval")
         self._write_samples(ref_params, final, eval_prompts, e_ids, e_mask)
         summary = dict(initial)
         summary["algorithm"] = cfg.algorithm
         summary.update({k: v for k, v in rm_info.items() if k.startswith("rm_")})
-        summary["rm_gain"], summary["rm_bias"] = rm_info["gain"], rm_info["bias"]
+        if "gain" in rm_info:
+            summary["rm_gain"], summary["rm_bias"] = rm_info["gain"], rm_info["bias"]
         if "gold" in final:
             summary["gold_reward_final"] = float(final["gold"].mean())
+        if "proxy" in final:
+            summary["proxy_score_final"] = float(final["proxy"].mean())
+        summary.update({f"{k.split('/', 1)[1]}_final": v for k, v in own.items()})
         summary["kl_to_reference_final"] = float(final["kl"].mean())
         summary["kl_coef_final"] = float(state.kl.beta)
         summary["response_length_final"] = float(final["samples"]["mask"].sum(1).mean())

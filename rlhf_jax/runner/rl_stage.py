@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.algorithms.base import RL_GUARDED, RLSetup, frozen_inputs
+from rlhf_jax.algorithms.reward_model import split_comparisons
 from rlhf_jax.algorithms.step import GUARD_KEY, NonFiniteError, nonfinite_metric
 from rlhf_jax.data.encoding import encode_prompts
 from rlhf_jax.metrics.logger import progress
@@ -64,13 +65,19 @@ class RLStage:
         self.pipe, self.algo = pipe, pipe.algo
         self.sec = sec = algorithm_section(cfg)
         ids, mask = encode_prompts(pipe.tok, pipe.rl_prompts, pipe.P)
-        self.setup = RLSetup(model_cfg=pipe.model_cfg, rm_cfg=pipe.rm_cfg, policy_params=sft_params,
-                             rm_params=rm_params, prompt_ids=ids, prompt_mask=mask,
-                             response_len=pipe.R, eos_id=pipe.tok.eos_id, pad_id=pipe.tok.pad_id,
-                             seed=pipe.rl_seed, ptx=pipe.pretrain_data if sec.ptx_coef > 0 else None)
+        prefs = None
+        if "preferences" in self.algo.needs(sec):  # step 2's comparisons, split as the RM's
+            train, held_out = split_comparisons(pipe.comparisons, cfg.reward.eval_fraction)
+            prefs = {"train": train, "eval": {k: v for k, v in held_out.items() if k != "gold"}}
+        ptx = getattr(sec, "ptx_coef", 0.0) > 0
+        setup = RLSetup(model_cfg=pipe.model_cfg, rm_cfg=pipe.rm_cfg, policy_params=sft_params,
+                        rm_params=rm_params, prompt_ids=ids, prompt_mask=mask,
+                        response_len=pipe.R, eos_id=pipe.tok.eos_id, pad_id=pipe.tok.pad_id,
+                        seed=pipe.rl_seed, ptx=pipe.pretrain_data if ptx else None, preferences=prefs)
+        self.setup = self.algo.prepare(setup, sec)
         self.ref_params = _copy_tree(sft_params)
         self.frozen = frozen_inputs(self.setup, self.ref_params,
-                                    {"gain": rm_info["gain"], "bias": rm_info["bias"]})
+                                    {k: rm_info[k] for k in ("gain", "bias") if k in rm_info})
         self.state = self.algo.init(self.setup, sec, jax.random.fold_in(pipe.rl_key, 7))
         self.start = 0
         if pipe.ckpt.latest_step("rl") is not None:
@@ -102,14 +109,19 @@ class RLStage:
         self.iter_times.append(seconds)
         pipe.logger.log(it + 1, metrics, stage="rl")
         self.bar.update(1)
-        self.bar.set_metrics({"score": metrics["objective/scores"], "kl": metrics["objective/kl"]})
+        self.bar.set_metrics({label: metrics[k] for label, k in self.algo.progress_metrics if k in metrics})
         if (it + 1) % sec.eval_every == 0 and it + 1 < sec.iterations:
-            ev = pipe.evaluate(self.algo.policy(get_state()), self.ref_params, self.eval_prompts, self.e_ids,
+            policy = self.algo.policy(get_state())
+            ev = pipe.evaluate(policy, self.ref_params, self.eval_prompts, self.e_ids,
                                self.e_mask, 1, key=pipe.rl_key)
-            pipe.logger.log(it + 1, _eval_metrics(ev), stage="eval")
+            pipe.logger.log(it + 1, {**_eval_metrics(ev), **self.own_eval(policy)}, stage="eval")
         if (it + 1) % pipe.cfg.run.checkpoint_every == 0 or it + 1 == sec.iterations:
             pipe.ckpt.save("rl", it + 1, {"rl": get_state()}, {"done": it + 1 == sec.iterations})
             self.good = it + 1
+
+    def own_eval(self, policy) -> dict:
+        """The algorithm's own held-out metrics of ``policy`` (e.g. DPO's implicit accuracy)."""
+        return self.algo.evaluate(self.setup, self.sec, policy, self.hp)
 
     def close(self) -> None:
         self.bar.close()
@@ -123,4 +135,6 @@ def _eval_metrics(ev) -> dict:
     out = {"eval/kl": float(ev["kl"].mean())}
     if "gold" in ev:
         out["eval/gold_reward"] = float(ev["gold"].mean())
+    if "proxy" in ev:
+        out["eval/proxy_score"] = float(ev["proxy"].mean())
     return out

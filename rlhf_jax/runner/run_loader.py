@@ -116,11 +116,12 @@ class LoadedRun:
         normalized = (self.rm_info["gain"] * raw + self.rm_info["bias"]).astype(np.float32)
         score = normalized
         sec = algorithm_section(self.cfg)
-        if sec.no_eos_penalty is not None:
+        penalty, clip = getattr(sec, "no_eos_penalty", None), getattr(sec, "reward_clip", 0.0)
+        if penalty is not None:
             eos = np.any((samples["tokens"] == self.tokenizer.eos_id) & (samples["mask"] > 0), -1)
-            score = np.where(eos, score, np.float32(sec.no_eos_penalty))
-        if sec.reward_clip > 0:
-            score = np.clip(score, -sec.reward_clip, sec.reward_clip)
+            score = np.where(eos, score, np.float32(penalty))
+        if clip > 0:
+            score = np.clip(score, -clip, clip)
         return score.astype(np.float32), normalized
 
 

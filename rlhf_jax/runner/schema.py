@@ -82,6 +82,8 @@ class RewardConfig(OptimizerFields):
     init: Literal["policy", "scratch"] = "policy"  # warm-start from the LM, or a fresh backbone
     preset: Optional[str] = None         # own size when init='scratch' (None: the policy's)
     normalize: Literal["mean_std", "reference_zero", "none"] = "mean_std"
+    train: bool = True                   # false: make the comparisons but train no reward model (only
+    #   for algorithms that need none, e.g. dpo; with one trained they use it only for evaluation)
 
 
 @dataclasses.dataclass(frozen=True)

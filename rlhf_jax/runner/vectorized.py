@@ -118,7 +118,8 @@ def run_vectorized(cfgs: list) -> list[dict | None]:
                 shared = p.prepare()  # steps 1-2 of the one run they all reuse: read once
                 first = p
             else:  # the same steps 1-2 (checked above): its parameters and files, not a re-read
-                p.rm_cfg, p.pretrain_data = first.rm_cfg, first.pretrain_data
+                for name in ("rm_cfg", "rm_params", "rm_norm", "pretrain_data", "comparisons"):
+                    setattr(p, name, getattr(first, name, None))
             sft, rm, rm_info, initial = shared
             stages.append(p.rl_stage(sft, rm, rm_info))
             prepared.append((rm_info, initial))

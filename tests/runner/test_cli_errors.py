@@ -98,3 +98,19 @@ def test_override_of_another_algorithms_section():
     assert "uses algorithm 'grpo'" in line and "'grpo.vf_coef'" in line
     line = _one_line_error(_run(QUICKSTART, "rloo.group_size=8"))  # default algorithm is ppo
     assert "uses algorithm 'ppo'" in line and "algorithm=rloo" in line
+
+
+def test_offline_algorithm_without_a_preference_source(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    line = _one_line_error(_run(QUICKSTART, f"run.out_dir={tmp_path / 'r'}", "algorithm=dpo",
+                                "task.name=null", f"data.prompts={prompts}"))
+    assert "algorithm 'dpo' learns from preference pairs" in line and "data.preferences" in line
+    assert not os.path.exists(tmp_path / "r")  # before anything is written
+
+
+def test_reward_model_switched_off_for_an_algorithm_that_needs_one(tmp_path):
+    line = _one_line_error(_run(QUICKSTART, f"run.out_dir={tmp_path / 'r'}", "reward.train=false"))
+    assert "algorithm 'ppo' needs a reward model" in line and "reward.train" in line
+    assert "dpo" in line and "simpo" in line  # the algorithms that need none
+    assert not os.path.exists(tmp_path / "r")

@@ -93,3 +93,32 @@ def test_tldr_config(hf_dir, tmp_path):
     summary = Pipeline(cfg).run()
     _check(summary, out)
     assert any('"sft"' in x for x in open(os.path.join(out, "metrics.jsonl")))
+
+
+def test_dpo_from_a_trl_preference_file_without_a_reward_model(hf_dir, tmp_path):
+    """TRL format (prompt / chosen / rejected); the chosen response ends 'good', the rejected 'bad':
+    DPO alone must learn to prefer the chosen responses of the held-out pairs."""
+    rng = np.random.default_rng(3)
+    recs = [{"prompt": _sentence(rng, 5), "chosen": f" {_sentence(rng, 3)} good",
+             "rejected": f" {_sentence(rng, 3)} bad"} for _ in range(60)]
+    prefs = _write_jsonl(tmp_path / "trl.jsonl", recs)
+    out = str(tmp_path / "run")
+    cfg = load_config(ExperimentConfig, os.path.join(ROOT, "experiments", "quickstart.yaml"),
+                      [f"model.pretrained={hf_dir}", "task.name=null", f"data.preferences={prefs}",
+                       f"run.out_dir={out}", "data.max_prompt_len=12", "data.max_response_len=8",
+                       "data.eval_fraction=0.2", "reward.eval_fraction=0.2", "reward.train=false",
+                       "algorithm=dpo", "dpo.iterations=30", "dpo.batch_size=8", "dpo.lr=1e-3",
+                       "dpo.eval_every=10", *[t for t in TINY if not t.startswith("ppo.")]])
+    summary = Pipeline(cfg).run()
+    assert summary["algorithm"] == "dpo"
+    assert not os.path.exists(os.path.join(out, "reward_model.json"))  # no reward model trained
+    assert "rm_eval_accuracy" not in summary and "proxy_score_final" not in summary
+    assert summary["implicit_accuracy_final"] >= 0.9, summary  # 12 held-out pairs
+    assert np.isfinite(summary["kl_to_reference_final"]) and summary["kl_coef_final"] == pytest.approx(0.1)
+    rows = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl"))]
+    rl = [r for r in rows if r["stage"] == "rl"]
+    assert [r["step"] for r in rl] == list(range(1, 31))
+    assert rl[0]["rewards/accuracy"] == 0.0  # the policy starts as the reference: no margins yet
+    ev = [r for r in rows if r["stage"] == "eval" and "eval/implicit_accuracy" in r]
+    assert [r["step"] for r in ev] == [10, 20, 30]
+    assert os.path.exists(os.path.join(out, "report.md"))
