@@ -40,8 +40,11 @@ def _check_reusable(src: str, resolved: dict) -> None:
     if diff:
         raise ConfigError(f"run.reuse_from: {src} was made with a different config before step 3 "
                           f"(differs at {', '.join(diff[:5])})")
-    if read_json(os.path.join(src, "reward_model.json"), f"run.reuse_from cannot use {src}") is None:
-        raise ConfigError(f"run.reuse_from: {src} has not finished its reward model yet")
+    trains_rm = (resolved.get("reward") or {}).get("train", True)
+    done = "reward_model.json" if trains_rm else "reward_data.npz"
+    if not os.path.exists(os.path.join(src, done)) or (
+            trains_rm and read_json(os.path.join(src, done), f"run.reuse_from cannot use {src}") is None):
+        raise ConfigError(f"run.reuse_from: {src} has not finished step 2 yet (no {done})")
 
 
 def _step3_key(key: str) -> bool:

@@ -59,14 +59,23 @@ def setup(request):
                    response_len=N, eos_id=1, pad_id=0, seed=0, preferences=prefs)
 
 
-def _run(name, setup, steps=1, fixed=False, **changes):
+_COMPILED: dict = {}
+
+
+def _run(name, setup, steps=1, fixed=False, lr=None):
+    """``steps`` iterations of ``name`` (one compiled iteration per algorithm and setup: the
+    learning rate lives in the optimizer state)."""
     algo = ALGORITHMS.get(name)
-    sec = dataclasses.replace(algo.section(), batch_size=4, **changes)
-    algo.check(sec, n_prompts=2, has_pretrain_texts=False)
-    prepared = algo.prepare(setup, sec)
-    iteration = algo.make_iteration(prepared, sec)
+    sec = dataclasses.replace(algo.section(), batch_size=4)
+    key = (name, id(setup))
+    if key not in _COMPILED:
+        algo.check(sec, n_prompts=2, has_pretrain_texts=False)
+        prepared = algo.prepare(setup, sec)
+        _COMPILED[key] = prepared, algo.make_iteration(prepared, sec)
+    prepared, iteration = _COMPILED[key]
     hp = algo.hparams(sec)
-    state = algo.init(prepared, sec, jax.random.PRNGKey(1))
+    init_sec = sec if lr is None else dataclasses.replace(sec, lr=lr)
+    state = algo.init(prepared, init_sec, jax.random.PRNGKey(1))
     frozen = frozen_inputs(prepared, setup.policy_params, {})
     out = []
     for it in range(steps):
@@ -92,9 +101,7 @@ def test_first_step_policy_is_the_reference(name, setup):
 
 
 def test_reference_logprobs_are_computed_once_up_front(setup):
-    algo = ALGORITHMS.get("dpo")
-    sec = algo.section()
-    prepared = algo.prepare(setup, sec)
+    algo, sec, prepared, *_ = _run("dpo", setup, steps=0)
     d = setup.preferences["eval"]
     want = response_logps(setup.model_cfg, setup.policy_params, d["input_ids"], d["attention_mask"], P, False)
     assert np.allclose(prepared.preferences["eval"]["ref_logps"], want)
@@ -117,9 +124,7 @@ def test_steps_on_one_batch_raise_the_margin(name, setup):
 
 
 def test_batches_are_whole_prompts_and_a_pure_function_of_seed_and_step(setup):
-    algo = ALGORITHMS.get("dpo")
-    sec = dataclasses.replace(algo.section(), batch_size=4)
-    prepared = algo.prepare(setup, sec)
+    algo, sec, prepared, *_ = _run("dpo", setup, steps=0)
     b0, again = algo.batch(prepared, sec, 0), algo.batch(prepared, sec, 0)
     assert all(np.array_equal(b0[k], again[k]) for k in b0)
     assert b0["input_ids"].shape[0] == 4 and b0["ref_logps"].shape == b0["input_ids"].shape[:2]
