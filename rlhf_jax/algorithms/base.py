@@ -28,6 +28,7 @@ import numpy as np
 
 from rlhf_jax.algorithms.kl_controller import KL_CONTROLLERS, KLState, init_kl_state
 from rlhf_jax.algorithms.rollout import make_sampler, response_logits
+from rlhf_jax.sampling.strategies import apply_action_mask
 from rlhf_jax.algorithms.step import GUARD_KEY, nonfinite_code, run_epochs
 from rlhf_jax.algorithms.train_state import TrainState, create_state
 from rlhf_jax.data.encoding import batch_indices
@@ -68,6 +69,7 @@ class RLState:
     iteration: jax.Array
     baseline: jax.Array            # running mean return (REINFORCE moving-average baseline)
     baseline_count: jax.Array
+    aux: Any = None                # an algorithm's own extra state (NLPO: the masking policy)
 
 
 def init_rl_state(params, tx, kl_beta, rng) -> RLState:
@@ -160,6 +162,8 @@ def make_policy_loss(setup: RLSetup, sec, critic_loss: Callable | None = None):
     def loss_fn(params, mb, hp):
         mask = mb["loss_mask"]
         logits, hidden = response_logits(cfg, params["policy"], mb["sequences"], mb["sequence_mask"], P)
+        if "action_mask" in mb:  # NLPO: the policy restricted to the masking policy's top-p set
+            logits = apply_action_mask(logits, mb["action_mask"])
         logp = token_logprobs(logits, mb["tokens"], hp["temperature"])
         pg, metrics = policy_gradient_loss(logp, mb["logprobs"], mb["advantages"], mask, hp,
                                            ratio=sec.ratio, clip=sec.clip, aggregation=sec.aggregation)
@@ -188,32 +192,43 @@ RL_GUARDED = ("optim/", "loss/", "objective/scores", "objective/kl", "objective/
 """Metrics of an RL iteration the non-finite guard checks (names, or prefixes ending in '/')."""
 
 
-def make_onpolicy_iteration(setup: RLSetup, sec, *, tx, targets: Callable, loss_fn: Callable):
+def make_onpolicy_iteration(setup: RLSetup, sec, *, tx, targets: Callable, loss_fn: Callable,
+                            processor=None, processor_params: Callable | None = None,
+                            begin: Callable | None = None, update: Callable | None = None):
     """The jitted ``iteration(state, frozen, batch, hp) -> (state, metrics)`` (state donated).
 
     ``targets(state, samples, frozen, batch, hp, rng) -> (data, metrics, state)`` is the family's
     part: it turns the scored samples into the per-row training arrays (advantages, loss mask, ...)
-    and may update state fields such as the running baseline.
+    and may update state fields such as the running baseline. Optional hooks: ``begin(state, hp)
+    -> state`` first (NLPO re-syncs its masking policy), a sampler ``processor`` with
+    ``processor_params(state, hp)``, and ``update(train, data, hp, rng) -> (train, metrics)``
+    instead of the ``epochs × minibatches`` gradient steps on ``loss_fn`` (TRPO's natural step).
     """
     sample = make_sampler(cfg=setup.model_cfg, rm_cfg=setup.rm_cfg, max_new_tokens=setup.response_len,
                           eos_id=setup.eos_id, pad_id=setup.pad_id,
-                          recompute_logprobs=sec.recompute_logprobs)
+                          recompute_logprobs=sec.recompute_logprobs, processor=processor)
     # With the KL placed nowhere β is never used: it stays put (and is reported as 0).
     kl_used = sec.kl.placement != "none"
     kl_update = KL_CONTROLLERS.get(sec.kl.controller if kl_used else "fixed")
 
     def iteration(state: RLState, frozen, batch, hp):
+        if begin is not None:
+            state = begin(state, hp)
         rng, gen_rng, perm_rng, aux_rng = jax.random.split(state.rng, 4)
+        pp = None if processor_params is None else processor_params(state, hp)
         s, metrics = sample(state.train.params["policy"], frozen, batch["prompt_ids"],
-                            batch["prompt_mask"], gen_rng, hp)
+                            batch["prompt_mask"], gen_rng, hp, pp)
         hp = dict(hp, kl_coef=state.kl.beta)
         data, target_metrics, state = targets(state, s, frozen, batch, hp, aux_rng)
         data.update(sequences=s.sequences, sequence_mask=s.sequence_mask, tokens=s.tokens,
                     logprobs=s.logprobs, ref_logprobs=s.ref_logprobs)
         if "ptx_ids" in batch:
             data["ptx_ids"], data["ptx_mask"] = batch["ptx_ids"], batch["ptx_mask"]
-        train, upd = run_epochs(loss_fn, tx, state.train, data, hp, perm_rng, epochs=sec.epochs,
-                                minibatches=sec.minibatches)
+        if update is None:
+            train, upd = run_epochs(loss_fn, tx, state.train, data, hp, perm_rng, epochs=sec.epochs,
+                                    minibatches=sec.minibatches)
+        else:
+            train, upd = update(state.train, data, hp, perm_rng)
         B = s.tokens.shape[0]
         kl_state = kl_update(state.kl, metrics["objective/kl"], B, hp["kl_target"], hp["kl_horizon"])
         metrics = {**metrics, **target_metrics, **upd,

@@ -75,7 +75,14 @@ class ActorCritic:
 
     @staticmethod
     def make_iteration(setup: RLSetup, sec):
-        shared = sec.critic == "shared"
+        targets, critic_loss = ActorCritic.parts(setup, sec)
+        return make_onpolicy_iteration(setup, sec, tx=actor_critic_optimizer(sec), targets=targets,
+                                       loss_fn=make_policy_loss(setup, sec, critic_loss))
+
+    @staticmethod
+    def parts(setup: RLSetup, sec):
+        """``(targets, critic_loss)`` of the actor-critic iteration (NLPO and TRPO build on them)."""
+        shared = getattr(sec, "critic", "separate") == "shared"
         P = setup.prompt_len
 
         def values_of(params, sequences, sequence_mask, hidden=None):
@@ -98,5 +105,4 @@ class ActorCritic:
             values = values_of(params, mb["sequences"], mb["sequence_mask"], hidden if shared else None)
             return ppo_value_loss(values, mb["values"], mb["returns"], mb["loss_mask"], hp["vf_clip"])
 
-        return make_onpolicy_iteration(setup, sec, tx=actor_critic_optimizer(sec), targets=targets,
-                                       loss_fn=make_policy_loss(setup, sec, critic_loss))
+        return targets, critic_loss

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from rlhf_jax.algorithms.base import ALGORITHMS, Algorithm
 from rlhf_jax.algorithms.dpo import DPOConfig, Preference
+from rlhf_jax.algorithms.nlpo import MaskedActorCritic, NLPOConfig
 from rlhf_jax.algorithms.pg import CriticFree
 from rlhf_jax.algorithms.ppo import ActorCritic
 from rlhf_jax.algorithms.sections import PGConfig, PPOConfig, preset_section
@@ -48,6 +49,9 @@ _preset("a2c", PPOConfig, ActorCritic,
         "advantage actor-critic: GAE advantages, plain −A·log π, one gradient step per rollout",
         "Mnih et al. 2016; Rae et al. 2021 (Gopher)",
         epochs=1, minibatches=1, ratio="none", clip="none", lr=2e-3, critic_lr=2e-3)
+register("nlpo", NLPOConfig, MaskedActorCritic,
+         "PPO with the action space masked to the top-p tokens of a periodically re-synced masking policy",
+         "Ramamurthy et al. 2022 (RL4LMs)")
 _preset("reinforce", PGConfig, CriticFree,
         "REINFORCE with a baseline (batch mean or moving average), one step per rollout",
         "Williams 1992",

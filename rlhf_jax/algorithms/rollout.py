@@ -64,20 +64,25 @@ def score_responses(rm_cfg, rm_params, norm, sequences, sequence_mask, tokens, m
 
 
 def make_sampler(*, cfg, rm_cfg, max_new_tokens: int, eos_id: int, pad_id: int,
-                 recompute_logprobs: bool = False):
+                 recompute_logprobs: bool = False, processor=None):
     """Build ``sample(policy_params, frozen, prompt_ids, prompt_mask, rng, hp) -> (Samples, metrics)``.
 
     ``frozen`` holds ``ref`` (reference params), ``rm`` (reward-model params) and ``norm``
     (``gain``/``bias``). Metrics: ``objective/scores``, ``objective/raw_scores``, ``objective/kl``
     (mean of Σ_t log π − log π_ref), ``objective/kl_k3``, ``objective/entropy`` (mean of −Σ_t log π,
     a sample estimate of the sequence entropy), ``response/length``, ``response/eos_rate``.
+    ``processor`` (a ``sampling.LogitsProcessor``, its arrays passed to ``sample`` as
+    ``processor_params``) rewrites the policy's logits at every step (NLPO's action mask); the
+    behaviour logprobs are those of the processed distribution (``recompute_logprobs`` is then
+    the caller's business).
     """
 
-    def sample(policy_params, frozen, prompt_ids, prompt_mask, rng, hp):
+    def sample(policy_params, frozen, prompt_ids, prompt_mask, rng, hp, processor_params=None):
         P = prompt_ids.shape[1]
         out = generate(cfg, policy_params, prompt_ids, prompt_mask, rng=rng,
                        max_new_tokens=max_new_tokens, temperature=hp["temperature"],
-                       eos_id=eos_id, pad_id=pad_id)
+                       eos_id=eos_id, pad_id=pad_id, processor=processor,
+                       processor_params=processor_params)
         seq, seq_mask, tokens, mask = out.sequences, out.sequence_mask, out.tokens, out.mask
         maskf = mask.astype(jnp.float32)
         if recompute_logprobs:

@@ -45,9 +45,35 @@ class SampleOutput:
     num_steps: jax.Array       # decode steps actually run
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "top_k", "is_greedy"))
-def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos_id, pad_id, *,
-              max_new_tokens, top_k, is_greedy):
+class LogitsProcessor:
+    """A hook on the sampler's next-token logits, run inside its jitted loop (e.g. NLPO's top-p
+    mask from a masking policy, ILQL's β·(Q − V) shift). A processor is static (hashable: a frozen
+    dataclass); its arrays come in as ``params`` (traced, so changing them never recompiles) and
+    it may carry its own state through the loop (e.g. a second model's KV cache).
+
+    ``init(params, prompt_ids, prompt_mask, cache_len) -> state`` after the prompt's prefill;
+    ``grow(state, cache_len) -> state`` when the policy's cache grows; ``process(params, state,
+    logits, hidden) -> logits`` for the policy's raw logits ``[B, V]`` and final hidden state
+    ``[B, D]`` at the current position, before temperature and sampling; ``advance(params, state,
+    tokens) -> state`` once the step's tokens ``[B]`` are drawn.
+    """
+
+    def init(self, params, prompt_ids, prompt_mask, cache_len):
+        return None
+
+    def grow(self, state, cache_len):
+        return state
+
+    def process(self, params, state, logits, hidden):
+        raise NotImplementedError
+
+    def advance(self, params, state, tokens):
+        return state
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_new_tokens", "top_k", "is_greedy", "processor"))
+def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos_id, pad_id,
+              processor_params, *, max_new_tokens, top_k, is_greedy, processor):
     B, P = prompt_ids.shape
     N = max_new_tokens
     pick = strategies.greedy if is_greedy else strategies.sample
@@ -56,54 +82,69 @@ def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos
     ends = decode_segments(N)
     # Decode step i writes cache slot P + i, so the steps before ``end`` need P + end slots.
     cache = init_cache(cfg, B, P + ends[0])
-    logits, _, cache = forward(cfg, params, prompt_ids, prompt_mask, cache, last_only=True)
-    last = logits[:, -1]
+    logits, hidden, cache = forward(cfg, params, prompt_ids, prompt_mask, cache, last_only=True)
+    last, last_h = logits[:, -1], hidden[:, -1]
+    pstate = None if processor is None else processor.init(processor_params, prompt_ids, prompt_mask,
+                                                           P + ends[0])
 
     def cond(state, end):
-        step, _, _, _, _, _, done, _ = state
-        return (step < end) & ~jnp.all(done)
+        return (state["step"] < end) & ~jnp.all(state["done"])
 
     def body(state):
-        step, cache, last, toks, mask, lps, done, rng = state
-        rng, sub = jax.random.split(rng)
+        step, cache, last, done = state["step"], state["cache"], state["last"], state["done"]
+        rng, sub = jax.random.split(state["rng"])
+        if processor is not None:
+            last = processor.process(processor_params, state["pstate"], last, state["last_h"])
         tok = pick(sub, last, temperature, top_k, top_p)
         # log_softmax(scaled)[tok] without writing the whole [B, V] log_softmax out (T = 1 when greedy).
         scaled = last if is_greedy else strategies.scale_temperature(last, temperature)
         lp = jnp.take_along_axis(scaled, tok[:, None], axis=-1)[:, 0] - jax.nn.logsumexp(scaled, axis=-1)
         alive = ~done
         tok = jnp.where(alive, tok, pad_id)
-        toks = toks.at[:, step].set(tok)
-        mask = mask.at[:, step].set(alive.astype(jnp.int32))
-        lps = lps.at[:, step].set(jnp.where(alive, lp, 0.0))
-        done = done | (alive & (tok == eos_id))
-        logits, _, cache = forward(cfg, params, tok[:, None], jnp.ones((B, 1), jnp.int32), cache)
-        return step + 1, cache, logits[:, 0], toks, mask, lps, done, rng
+        new = dict(state, step=step + 1, rng=rng,
+                   toks=state["toks"].at[:, step].set(tok),
+                   mask=state["mask"].at[:, step].set(alive.astype(jnp.int32)),
+                   lps=state["lps"].at[:, step].set(jnp.where(alive, lp, 0.0)),
+                   done=done | (alive & (tok == eos_id)))
+        logits, hidden, new["cache"] = forward(cfg, params, tok[:, None], jnp.ones((B, 1), jnp.int32), cache)
+        new["last"], new["last_h"] = logits[:, 0], hidden[:, 0]
+        if processor is not None:
+            new["pstate"] = processor.advance(processor_params, state["pstate"], tok)
+        return new
 
-    state = (jnp.int32(0), cache, last, jnp.full((B, N), pad_id, jnp.int32), jnp.zeros((B, N), jnp.int32),
-             jnp.zeros((B, N), jnp.float32), jnp.zeros((B,), bool), rng)
+    state = {"step": jnp.int32(0), "cache": cache, "last": last, "last_h": last_h,
+             "toks": jnp.full((B, N), pad_id, jnp.int32), "mask": jnp.zeros((B, N), jnp.int32),
+             "lps": jnp.zeros((B, N), jnp.float32), "done": jnp.zeros((B,), bool), "rng": rng,
+             "pstate": pstate}
     for i, end in enumerate(ends):
         if i:
-            state = state[:1] + (grow_cache(state[1], P + end),) + state[2:]
+            state["cache"] = grow_cache(state["cache"], P + end)
+            if processor is not None:
+                state["pstate"] = processor.grow(state["pstate"], P + end)
         state = jax.lax.while_loop(functools.partial(cond, end=end), body, state)
-    steps, _, _, toks, mask, lps, _, _ = state
+    toks, mask = state["toks"], state["mask"]
     return SampleOutput(
-        tokens=toks, mask=mask, logprobs=lps,
+        tokens=toks, mask=mask, logprobs=state["lps"],
         sequences=jnp.concatenate([prompt_ids.astype(jnp.int32), toks], axis=1),
         sequence_mask=jnp.concatenate([prompt_mask.astype(jnp.int32), mask], axis=1),
-        num_steps=steps)
+        num_steps=state["step"])
 
 
 def generate(cfg: TransformerConfig, params, prompt_ids, prompt_mask, *, rng, max_new_tokens: int,
-             temperature=1.0, top_k: int = 0, top_p=1.0, eos_id=None, pad_id: int = 0) -> SampleOutput:
+             temperature=1.0, top_k: int = 0, top_p=1.0, eos_id=None, pad_id: int = 0,
+             processor: LogitsProcessor | None = None, processor_params=None) -> SampleOutput:
     """Sample ``max_new_tokens`` continuations of left-padded prompts.
 
     ``temperature=0`` (a Python number) is greedy decoding; otherwise ``temperature`` and ``top_p``
     may be arrays (no recompiles when they change). ``top_k`` (0 = off) and ``max_new_tokens`` are
     static. ``eos_id=None`` never stops early. Every prompt row must hold at least one token.
+    ``processor`` (a :class:`LogitsProcessor`, with its ``processor_params``) rewrites each step's
+    logits before sampling; the logprobs returned are those of the processed distribution.
     """
     is_greedy = isinstance(temperature, (int, float)) and temperature == 0
     eos = -1 if eos_id is None else eos_id
     return _generate(cfg, params, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32),
                      rng, jnp.asarray(1.0 if is_greedy else temperature, jnp.float32),
-                     jnp.asarray(top_p, jnp.float32), jnp.int32(eos), jnp.int32(pad_id),
-                     max_new_tokens=int(max_new_tokens), top_k=int(top_k), is_greedy=is_greedy)
+                     jnp.asarray(top_p, jnp.float32), jnp.int32(eos), jnp.int32(pad_id), processor_params,
+                     max_new_tokens=int(max_new_tokens), top_k=int(top_k), is_greedy=is_greedy,
+                     processor=processor)

@@ -75,6 +75,23 @@ def top_p_filter(logits, p):
     return jax.lax.cond(jnp.all(p >= 1.0), lambda x: x, nucleus, logits)
 
 
+MASKED_LOGIT = -1e9
+"""The logit of a token outside an action mask: finite (so p·log p stays 0, not NaN), and its
+probability underflows to exactly 0 at any temperature the config allows."""
+
+
+def nucleus_mask(logits, p, temperature=1.0):
+    """Boolean ``[..., V]``: the top-p set of ``softmax(logits / temperature)`` (as
+    :func:`top_p_filter` keeps it), for logits of any leading shape."""
+    flat = scale_temperature(logits, temperature).reshape(-1, logits.shape[-1])
+    return (top_p_filter(flat, p) > -jnp.inf).reshape(logits.shape)
+
+
+def apply_action_mask(logits, keep):
+    """Logits with the tokens outside ``keep`` set to :data:`MASKED_LOGIT`."""
+    return jnp.where(keep, logits, jnp.asarray(MASKED_LOGIT, logits.dtype))
+
+
 def first_argmax(x):
     """``argmax`` over the last axis (first index on ties) as a max and a min reduction, which
     XLA:CPU runs ≈2x faster than its variadic argmax reduce (0.4 vs 0.8 ms on [8, 50257])."""
