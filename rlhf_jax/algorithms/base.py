@@ -113,7 +113,7 @@ def prompt_batch(setup: RLSetup, sec, it: int, group_size: int = 1) -> dict:
     idx = batch_indices(n, per, setup.seed, epoch)[j]
     out = {"prompt_ids": np.repeat(setup.prompt_ids[idx], group_size, 0),
            "prompt_mask": np.repeat(setup.prompt_mask[idx], group_size, 0)}
-    if sec.ptx_coef > 0:
+    if getattr(sec, "ptx_coef", 0.0) > 0:
         rows = np.random.default_rng([setup.seed, 99, it]).integers(0, len(setup.ptx["input_ids"]),
                                                                     per * group_size)
         out["ptx_ids"] = setup.ptx["input_ids"][rows]

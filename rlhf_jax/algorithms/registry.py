@@ -18,6 +18,7 @@ from __future__ import annotations
 from rlhf_jax.algorithms.base import ALGORITHMS, Algorithm
 from rlhf_jax.algorithms.dpo import DPOConfig, Preference
 from rlhf_jax.algorithms.nlpo import MaskedActorCritic, NLPOConfig
+from rlhf_jax.algorithms.trpo import TRPOConfig, TrustRegion
 from rlhf_jax.algorithms.pg import CriticFree
 from rlhf_jax.algorithms.ppo import ActorCritic
 from rlhf_jax.algorithms.sections import PGConfig, PPOConfig, preset_section
@@ -52,6 +53,10 @@ _preset("a2c", PPOConfig, ActorCritic,
 register("nlpo", NLPOConfig, MaskedActorCritic,
          "PPO with the action space masked to the top-p tokens of a periodically re-synced masking policy",
          "Ramamurthy et al. 2022 (RL4LMs)")
+register("trpo", TRPOConfig, TrustRegion,
+         "one natural-gradient step per rollout (conjugate gradient on Fisher-vector products), "
+         "line-searched to stay inside a KL trust region; critic regressed as in PPO",
+         "Schulman et al. 2015")
 _preset("reinforce", PGConfig, CriticFree,
         "REINFORCE with a baseline (batch mean or moving average), one step per rollout",
         "Williams 1992",

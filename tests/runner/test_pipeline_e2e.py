@@ -94,7 +94,7 @@ def _final_ppo_params(run_dir):
     return restored
 
 
-PRESETS = ["a2c", "cispo", "dapo", "dr_grpo", "gspo", "grpo", "nlpo", "reinforce", "remax", "rloo"]
+PRESETS = ["a2c", "cispo", "dapo", "dr_grpo", "gspo", "grpo", "nlpo", "reinforce", "remax", "rloo", "trpo"]
 _preset_runs: dict[str, tuple[str, dict]] = {}
 
 
