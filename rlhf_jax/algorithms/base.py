@@ -54,7 +54,9 @@ class RLSetup:
     seed: int = 0
     ptx: dict | None = None        # pretraining arrays {'input_ids', 'attention_mask'} for PPO-ptx
     preferences: dict | None = None  # {'train', 'eval'}: step 2's comparisons, {'input_ids',
-    #   'attention_mask'} [n, K, L] and 'mu' [n] (K = 2) or 'order' [n, K] (offline algorithms)
+    #   'attention_mask'} [n, K, L], 'mu' [n] (K = 2) or 'order' [n, K], 'gold' [n, K] when the
+    #   task has a gold reward (offline algorithms)
+    rm_norm: dict | None = None    # the reward model's normalisation {'gain', 'bias'}
 
     @property
     def prompt_len(self) -> int:
@@ -291,6 +293,12 @@ class Algorithm:
         every evaluation; most have none beyond the pipeline's gold reward and KL."""
         own = getattr(self.family, "evaluate", None)
         return {} if own is None else own(setup, sec, params, hp)
+
+    def decoder(self, state, hp):
+        """``(processor, processor_params)`` the sampler needs to draw from the policy ``state``
+        holds (ILQL: the LM's logits shifted by its heads), or None for the plain LM."""
+        own = getattr(self.family, "decoder", None)
+        return None if own is None else own(state, hp)
 
     @property
     def progress_metrics(self) -> tuple[tuple[str, str], ...]:

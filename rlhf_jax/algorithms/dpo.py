@@ -123,7 +123,7 @@ class Preference:
         implicit reward is reference-free)."""
         out = {}
         for split, d in setup.preferences.items():
-            d = dict(d)
+            d = {k: v for k, v in d.items() if k != "gold"}
             if sec.reference == "model":
                 d["ref_logps"] = response_logps(setup.model_cfg, setup.policy_params, d["input_ids"],
                                                 d["attention_mask"], setup.prompt_len, sec.length_normalize)

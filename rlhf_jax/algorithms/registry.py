@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from rlhf_jax.algorithms.base import ALGORITHMS, Algorithm
 from rlhf_jax.algorithms.dpo import DPOConfig, Preference
+from rlhf_jax.algorithms.ilql import ILQLConfig, ImplicitQ
 from rlhf_jax.algorithms.nlpo import MaskedActorCritic, NLPOConfig
 from rlhf_jax.algorithms.trpo import TRPOConfig, TrustRegion
 from rlhf_jax.algorithms.pg import CriticFree
@@ -109,3 +110,6 @@ _preset("cdpo", DPOConfig, Preference,
 _preset("simpo", DPOConfig, Preference,
         "reference-free, length-normalised implicit reward with a target margin γ",
         "Meng et al. 2024", reference="none", length_normalize=True, beta=2.0, margin=1.0)
+register("ilql", ILQLConfig, ImplicitQ,
+         "offline Q-learning on step 2's logged responses: twin token Q heads, expectile V, CQL; "
+         "generation shifted by β·(Q − V)", "Snell et al. 2022")

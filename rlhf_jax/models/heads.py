@@ -39,3 +39,20 @@ def last_token_scalar(head: dict, hidden, mask):
     idx = last_token_index(mask)
     h = jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
     return h.astype(jnp.float32) @ head["kernel"] + head["bias"]
+
+
+def init_mlp_head(rng, d_in: int, d_out: int, hidden: int | None = None, out_scale: float = 0.01) -> dict:
+    """A two-layer head ``relu(h·W1 + b1)·W2 + b2`` (ILQL's Q and V heads, as trlx builds them);
+    the output layer starts small, so the head's values start near 0."""
+    hidden = hidden or 2 * d_in
+    k1, k2 = jax.random.split(rng)
+    return {"w1": jax.random.normal(k1, (d_in, hidden), jnp.float32) / jnp.sqrt(d_in),
+            "b1": jnp.zeros((hidden,), jnp.float32),
+            "w2": jax.random.normal(k2, (hidden, d_out), jnp.float32) * out_scale / jnp.sqrt(hidden),
+            "b2": jnp.zeros((d_out,), jnp.float32)}
+
+
+def mlp_head(head: dict, hidden):
+    """``[..., d_in] -> [..., d_out]`` float32."""
+    h = jax.nn.relu(hidden.astype(jnp.float32) @ head["w1"] + head["b1"])
+    return h @ head["w2"] + head["b2"]

@@ -84,10 +84,13 @@ def _prompts(run: LoadedRun, given: list[str] | None) -> list[str]:
 # ----------------------------------------------------------------------------- sample
 
 def _generate(run: LoadedRun, params, ids, mask, *, n, temperature, max_new_tokens, rng) -> dict:
+    """Samples of ``params`` (the run's policy goes through its decoder, if it has one)."""
     from rlhf_jax.runner.evaluation import sample_many
 
+    decoder = run.policy_decoder if params is run.policy_params else None
     return sample_many(run.model_cfg, params, ids, mask, rng=rng, n=n, max_new_tokens=max_new_tokens,
-                       temperature=temperature, eos_id=run.tokenizer.eos_id, pad_id=run.tokenizer.pad_id)
+                       temperature=temperature, eos_id=run.tokenizer.eos_id, pad_id=run.tokenizer.pad_id,
+                       decoder=decoder)
 
 
 def sample_run(run: LoadedRun, prompts: list[str], *, n: int = 1, temperature: float | None = None,
@@ -193,7 +196,7 @@ def evaluate_run(run: LoadedRun, *, n_samples: int | None = None, seed: int | No
                   rng=jax.random.fold_in(jax.random.PRNGKey(seed), EVAL_RNG))
     gold = gold_of_samples(run.gold, run.tokenizer, prompts, n, s) if run.gold is not None else None
     kl = kl_of_samples(run.model_cfg, run.policy_params, run.reference_params, s, ec.temperature,
-                       run.prompt_len)
+                       run.prompt_len, decoder=run.policy_decoder)
     rm = run.rm_scores(s) if run.has_reward_model else None
     eos = np.any((s["tokens"] == run.tokenizer.eos_id) & (s["mask"] > 0), axis=1)
     return {
@@ -259,6 +262,11 @@ def export_run(run: LoadedRun, out_dir: str, *, reward_model: bool = False,
         _write_model(tmp, run.model_cfg, run.policy_params, run.tokenizer)
         info = {"run_dir": run.run_dir, "algorithm": run.cfg.algorithm, "stage": run.policy_stage,
                 "step": run.policy_step}
+        if run.policy_decoder is not None:  # e.g. ILQL: the policy is the LM plus its heads
+            info["note"] = (f"{run.cfg.algorithm}'s policy samples through heads on this language "
+                            f"model (a shift of its logits) that a Hugging Face directory cannot hold: "
+                            f"this is the language model alone")
+            print(f"rlhf_jax: note: {info['note']}", file=sys.stderr)
         if reward_model:
             rm_dir = os.path.join(tmp, "reward_model")
             _write_model(rm_dir, run.rm_cfg, run.rm_params["backbone"], run.tokenizer)

@@ -120,8 +120,14 @@ class Pipeline:
             raise ConfigError(f"algorithm {cfg.algorithm!r} needs a reward model, but reward.train is "
                               f"false: set reward.train=true or choose an algorithm that learns from "
                               f"comparisons directly ({', '.join(_offline_names())})")
-        if "preferences" in needs and cfg.task.name is None and not cfg.data.preferences:
-            raise ConfigError(f"algorithm {cfg.algorithm!r} learns from preference pairs, and this run "
+        if "gold rewards" in needs and (cfg.task.name is None or cfg.data.preferences):
+            raise ConfigError(f"algorithm {cfg.algorithm!r} is set to learn from gold rewards "
+                              f"({cfg.algorithm}.reward: gold), which only the built-in task's labeler "
+                              f"gives (task.name set, no data.preferences); use {cfg.algorithm}.reward="
+                              f"reward_model")
+        if {"preferences", "logged responses"} & set(needs) and cfg.task.name is None and not cfg.data.preferences:
+            what = "preference pairs" if "preferences" in needs else "step 2's logged responses"
+            raise ConfigError(f"algorithm {cfg.algorithm!r} learns from {what}, and this run "
                               f"has no source of them: set data.preferences to a TRL / HH / TL;DR "
                               f"preference file, or task.name to a built-in task (its simulated "
                               f"labelers compare the step-2 samples)")
@@ -336,19 +342,21 @@ class Pipeline:
         return rm_params, info
 
     # ------------------------------------------------------------------ step 3: RL
-    def evaluate(self, params, ref_params, prompts, ids, mask, n, key=None) -> dict:
+    def evaluate(self, params, ref_params, prompts, ids, mask, n, key=None, decoder=None) -> dict:
         """Held-out samples of ``params`` (n per prompt), their gold reward and KL to ``ref_params``;
-        ``key``: step 1-2's key (the initial policy) unless given (step 3's)."""
+        ``key``: step 1-2's key (the initial policy) unless given (step 3's); ``decoder``: the
+        sampler hook of a policy that is more than its LM (``Algorithm.decoder``)."""
         ec = self.cfg.eval
         interrupts.check()
         key = self.key if key is None else key
         samples = sample_many(self.model_cfg, params, ids, mask, rng=jax.random.fold_in(key, 5),
                               n=n, max_new_tokens=self.R, temperature=ec.temperature,
-                              eos_id=self.tok.eos_id, pad_id=self.tok.pad_id)
+                              eos_id=self.tok.eos_id, pad_id=self.tok.pad_id, decoder=decoder)
         out = {"samples": samples}
         if self.src.gold is not None:
             out["gold"] = gold_of_samples(self.src.gold, self.tok, prompts, n, samples)
-        out["kl"] = kl_of_samples(self.model_cfg, params, ref_params, samples, ec.temperature, self.P)
+        out["kl"] = kl_of_samples(self.model_cfg, params, ref_params, samples, ec.temperature, self.P,
+                                  decoder=decoder)
         if getattr(self, "rm_params", None) is not None:  # the proxy: the normalised RM score
             raw = score_in_batches(self.rm_cfg, self.rm_params, samples["sequences"], samples["sequence_mask"])
             out["proxy"] = (self.rm_norm[0] * raw + self.rm_norm[1]).reshape(len(ids), n)
@@ -438,7 +446,7 @@ class Pipeline:
         e_ids, e_mask = encode_prompts(self.tok, eval_prompts, self.P)
         policy = self.algo.policy(state)
         final = self.evaluate(policy, ref_params, eval_prompts, e_ids, e_mask, ec.samples_per_prompt,
-                              key=self.rl_key)
+                              key=self.rl_key, decoder=self.algo.decoder(state, self.stage.hp))
         own = self.stage.own_eval(policy)
         self.logger.log(algorithm_section(cfg).iterations, {**_eval_metrics(final), **own}, stage="eval")
         self._write_samples(ref_params, final, eval_prompts, e_ids, e_mask)

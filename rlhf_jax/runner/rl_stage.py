@@ -66,14 +66,18 @@ class RLStage:
         self.sec = sec = algorithm_section(cfg)
         ids, mask = encode_prompts(pipe.tok, pipe.rl_prompts, pipe.P)
         prefs = None
-        if "preferences" in self.algo.needs(sec):  # step 2's comparisons, split as the RM's
+        if {"preferences", "logged responses"} & set(self.algo.needs(sec)):
+            # step 2's comparisons, split as the reward model's
             train, held_out = split_comparisons(pipe.comparisons, cfg.reward.eval_fraction)
-            prefs = {"train": train, "eval": {k: v for k, v in held_out.items() if k != "gold"}}
+            if "gold" in pipe.comparisons:
+                train["gold"] = pipe.comparisons["gold"][: len(train["input_ids"])]
+            prefs = {"train": train, "eval": held_out}
         ptx = getattr(sec, "ptx_coef", 0.0) > 0
         setup = RLSetup(model_cfg=pipe.model_cfg, rm_cfg=pipe.rm_cfg, policy_params=sft_params,
                         rm_params=rm_params, prompt_ids=ids, prompt_mask=mask,
                         response_len=pipe.R, eos_id=pipe.tok.eos_id, pad_id=pipe.tok.pad_id,
-                        seed=pipe.rl_seed, ptx=pipe.pretrain_data if ptx else None, preferences=prefs)
+                        seed=pipe.rl_seed, ptx=pipe.pretrain_data if ptx else None, preferences=prefs,
+                        rm_norm={k: rm_info[k] for k in ("gain", "bias")} if "gain" in rm_info else None)
         self.setup = self.algo.prepare(setup, sec)
         self.ref_params = _copy_tree(sft_params)
         self.frozen = frozen_inputs(self.setup, self.ref_params,
@@ -111,9 +115,10 @@ class RLStage:
         self.bar.update(1)
         self.bar.set_metrics({label: metrics[k] for label, k in self.algo.progress_metrics if k in metrics})
         if (it + 1) % sec.eval_every == 0 and it + 1 < sec.iterations:
-            policy = self.algo.policy(get_state())
+            state = get_state()
+            policy = self.algo.policy(state)
             ev = pipe.evaluate(policy, self.ref_params, self.eval_prompts, self.e_ids,
-                               self.e_mask, 1, key=pipe.rl_key)
+                               self.e_mask, 1, key=pipe.rl_key, decoder=self.algo.decoder(state, self.hp))
             pipe.logger.log(it + 1, {**_eval_metrics(ev), **self.own_eval(policy)}, stage="eval")
         if (it + 1) % pipe.cfg.run.checkpoint_every == 0 or it + 1 == sec.iterations:
             pipe.ckpt.save("rl", it + 1, {"rl": get_state()}, {"done": it + 1 == sec.iterations})

@@ -70,6 +70,8 @@ class LoadedRun:
     rm_info: dict | None = None      # reward_model.json: gain, bias, held-out accuracy, ...
     rm_step: int | None = None
     summary: dict | None = None      # summary.json when the run has finished
+    policy_decoder: Any = None       # the sampler hook of a policy that is more than its LM
+    #   (ILQL's heads: ``Algorithm.decoder``), None for a plain LM
 
     @property
     def gold(self) -> Callable | None:
@@ -270,7 +272,7 @@ def _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model) -> LoadedR
                     else lm_shapes)
         return _shapes(lambda b, r: init_reward_model(rm_cfg, b, r), backbone, init_rng)
 
-    if need_rl and rm_info is None:
+    if need_rl and rm_info is None and cfg.reward.train:
         raise RunDirError(f"{run_dir}: has RL checkpoints but no reward_model.json (the reward "
                           f"model's normalisation); the run directory is incomplete")
     if reward_model and rm_info is not None:
@@ -287,12 +289,13 @@ def _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model) -> LoadedR
 
     # ---- the policy
     pol_params, pol_stage, pol_step = ref_params, ref_stage, ref_step
+    decoder = None
     if stage in LM_STAGES and stage != ref_stage:
         pol_params, pol_step = lm_checkpoint(stage)
         pol_stage = stage
     elif need_rl:
-        pol_params, pol_step = _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes,
-                                           rm_shapes())
+        pol_params, pol_step, decoder = _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes,
+                                                    rm_shapes())
         pol_stage = "rl"
 
     summary = read_json(os.path.join(run_dir, "summary.json"), "delete it to redo the final "
@@ -302,7 +305,7 @@ def _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model) -> LoadedR
                      reference_params=ref_params, reference_stage=ref_stage,
                      reference_step=ref_step, rm_cfg=rm_cfg if rm_params is not None else None,
                      rm_params=rm_params, rm_info=rm_info, rm_step=rm_step,
-                     summary=summary)
+                     summary=summary, policy_decoder=decoder)
 
 
 def _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes, rm_shapes):
@@ -323,4 +326,5 @@ def _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes, rm_shapes):
     template = {"rl": _shapes(init, lm_shapes, rm_shapes,
                               jax.random.fold_in(jax.random.PRNGKey(rl_seed), 7))}
     restored, meta = ck.restore_newest("rl", template)
-    return algo.policy(restored["rl"]), int(meta["step"])
+    state = restored["rl"]
+    return algo.policy(state), int(meta["step"]), algo.decoder(state, algo.hparams(sec))
