@@ -39,7 +39,7 @@ GUARDED = ("optim/", "loss/")
 @dataclasses.dataclass(frozen=True)
 class ILQLConfig(OptimizerFields):
     """Offline Q-learning on step 2's samples; generation shifted by β·(Q̂ − V)."""
-    iterations: int = ranged(300, 0)         # gradient steps
+    iterations: int = ranged(1000, 0)        # gradient steps
     batch_size: int = ranged(32, 1)          # logged responses per step
     reward: Literal["reward_model", "gold"] = "reward_model"  # each response's reward: the
     #   normalised RM score, or the built-in task's gold reward
@@ -47,10 +47,10 @@ class ILQLConfig(OptimizerFields):
     tau: float = ranged(0.7, 0.0, 1.0)       # expectile of the V regression
     cql_coef: float = ranged(0.1, 0.0)       # weight of the CQL term
     awac_coef: float = ranged(1.0, 0.0)      # weight of the LM's NLL on the data (AWAC / BC)
-    polyak: float = ranged(0.01, 0.0, 1.0)   # α: target Q ← (1 − α)·target Q + α·Q after every step
-    beta: float = ranged(4.0, 0.0)           # generation: logits log π + β·(min Q̂ − V)
-    lr: float = ranged(1e-4, 0.0)
-    eval_every: int = ranged(50, 1)          # held-out gold/KL evaluation (with the shift)
+    polyak: float = ranged(0.05, 0.0, 1.0)   # α: target Q ← (1 − α)·target Q + α·Q after every step
+    beta: float = ranged(8.0, 0.0)           # generation: logits log π + β·(min Q̂ − V)
+    lr: float = ranged(1e-3, 0.0)
+    eval_every: int = ranged(100, 1)         # held-out gold/KL evaluation (with the shift)
 
 
 @dataclasses.dataclass(frozen=True)
