@@ -8,15 +8,14 @@ from __future__ import annotations
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from rlhf_jax.runner.config_loader import ConfigError, load_config
-from rlhf_jax.runner.sweep import SweepFile, expand, load_sweep
+from rlhf_jax.runner.config_loader import ConfigError
+from rlhf_jax.runner.sweep import expand, load_sweep
 from rlhf_jax.runner.vectorized import programs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
