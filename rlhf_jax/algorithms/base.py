@@ -301,6 +301,12 @@ class Algorithm:
         return None if own is None else own(state, hp)
 
     @property
+    def steps_per_iteration(self) -> int:
+        """How many of its steps count as one on-policy iteration for ``run.checkpoint_every``
+        (10 for the offline algorithms, whose steps sample nothing, as for the supervised stages)."""
+        return getattr(self.family, "steps_per_iteration", 1)
+
+    @property
     def progress_metrics(self) -> tuple[tuple[str, str], ...]:
         """(label, metric) pairs the progress bar shows."""
         return getattr(self.family, "progress_metrics",

@@ -83,6 +83,7 @@ class Preference:
     """Offline preference optimisation on comparisons (``setup.preferences``)."""
 
     vector_keys = ("lr", "beta", "label_smoothing", "margin")
+    steps_per_iteration = 10  # checkpoints every 10 x run.checkpoint_every steps
     progress_metrics = (("loss", "loss/preference"), ("acc", "rewards/accuracy"))
 
     @staticmethod

@@ -75,6 +75,7 @@ class ImplicitQ:
     """ILQL on logged responses (``setup.preferences``: step 2's samples, flattened)."""
 
     vector_keys = ("lr", "gamma", "tau", "cql_coef", "awac_coef", "polyak", "beta")
+    steps_per_iteration = 10  # checkpoints every 10 x run.checkpoint_every steps
     progress_metrics = (("loss", "loss/ilql"), ("adv", "ilql/advantage_mean"))
 
     @staticmethod

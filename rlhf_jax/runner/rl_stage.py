@@ -90,6 +90,9 @@ class RLStage:
         pipe.logger.truncate_after("rl", self.start)  # lines an interrupted attempt logged after it
         pipe.logger.truncate_after("eval", self.start)
         self.hp = self.algo.hparams(sec)
+        # run.checkpoint_every counts on-policy iterations; an offline algorithm's steps are cheap
+        # (no sampling), so it saves every 10x that many, as the supervised stages do
+        self.checkpoint_every = cfg.run.checkpoint_every * self.algo.steps_per_iteration
         self.eval_prompts = pipe.src.eval_prompts()
         self.e_ids, self.e_mask = encode_prompts(pipe.tok, self.eval_prompts, pipe.P)
         self.iter_times: list[float] = []
@@ -120,7 +123,7 @@ class RLStage:
             ev = pipe.evaluate(policy, self.ref_params, self.eval_prompts, self.e_ids,
                                self.e_mask, 1, key=pipe.rl_key, decoder=self.algo.decoder(state, self.hp))
             pipe.logger.log(it + 1, {**_eval_metrics(ev), **self.own_eval(policy)}, stage="eval")
-        if (it + 1) % pipe.cfg.run.checkpoint_every == 0 or it + 1 == sec.iterations:
+        if (it + 1) % self.checkpoint_every == 0 or it + 1 == sec.iterations:
             pipe.ckpt.save("rl", it + 1, {"rl": get_state()}, {"done": it + 1 == sec.iterations})
             self.good = it + 1
 

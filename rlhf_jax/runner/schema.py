@@ -118,7 +118,8 @@ class RunConfig:
     seed: int = 0                        # seeds every stage (step 3 too, unless rl_seed is set)
     rl_seed: Optional[int] = None        # step 3's own seed (rollouts, init, evaluations); runs that
     #   differ only in it share steps 1-2 (a sweep's `seeds` set it)
-    checkpoint_every: int = _r(10, 1)    # PPO iterations (pretrain/RM: every 10x that many steps)
+    checkpoint_every: int = _r(10, 1)    # RL iterations (pretrain/RM and the offline algorithms'
+    #   steps, which sample nothing: every 10x that many)
     progress: bool = True
     plots: bool = True                   # report.md's plots (a few seconds per run on a CPU)
     # Start from another run's finished steps 1–2 (tokenizer, LM, reward model, initial eval): PPO

@@ -63,7 +63,7 @@ def _copy(tree):
 
 
 def test_registry_holds_every_preset():
-    assert sorted(ALGORITHMS.names()) == sorted(NAMES + ["cdpo", "dpo", "ipo", "simpo", "trpo"])
+    assert sorted(ALGORITHMS.names()) == sorted(NAMES + ["cdpo", "dpo", "ilql", "ipo", "simpo", "trpo"])
 
 
 @pytest.mark.parametrize("name", NAMES)

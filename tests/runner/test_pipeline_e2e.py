@@ -94,6 +94,7 @@ def _final_ppo_params(run_dir):
     return restored
 
 
+OFFLINE = ["cdpo", "dpo", "ipo", "simpo"]
 PRESETS = ["a2c", "cispo", "dapo", "dr_grpo", "gspo", "grpo", "nlpo", "reinforce", "remax", "rloo", "trpo"]
 _preset_runs: dict[str, tuple[str, dict]] = {}
 
@@ -102,7 +103,9 @@ def _preset_run(name, base_run, tmp_path_factory):
     """Step 3 of algorithm ``name`` on the base run's LM and reward model (run once per module)."""
     if name not in _preset_runs:
         out = str(tmp_path_factory.mktemp(name))
-        s = Pipeline(_cfg(out, f"algorithm={name}", f"run.reuse_from={base_run[0]}")).run()
+        # (the base run draws the report's plots; on-policy presets evaluate once midway)
+        extra = ["run.plots=false"] + ([] if name in OFFLINE + ["ilql"] else [f"{name}.eval_every=30"])
+        s = Pipeline(_cfg(out, f"algorithm={name}", f"run.reuse_from={base_run[0]}", *extra)).run()
         _preset_runs[name] = out, s
     return _preset_runs[name]
 
@@ -127,8 +130,8 @@ def test_every_algorithm_learns(name, base_run, tmp_path_factory):
         assert all(np.isfinite(r[key]) for r in rl), key
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "rloo"])
-def test_killed_run_resumes_bitwise(algorithm, base_run, tmp_path, tmp_path_factory):
+@pytest.mark.parametrize("algorithm", ["ppo"])  # (every algorithm's state round-trips bitwise in
+def test_killed_run_resumes_bitwise(algorithm, base_run, tmp_path, tmp_path_factory):  # tests/algorithms)
     out, s = base_run if algorithm == "ppo" else _preset_run(algorithm, base_run, tmp_path_factory)
     run_dir = str(tmp_path / "resumed")
     cmd = [sys.executable, "-m", "rlhf_jax", "run", QUICKSTART, f"run.out_dir={run_dir}",
@@ -181,8 +184,6 @@ def test_ppo_ptx_and_shared_critic_run(base_run, tmp_path):
             assert np.isfinite(r[key]), key
     assert np.isfinite(s["kl_to_reference_final"])
 
-
-OFFLINE = ["cdpo", "dpo", "ipo", "simpo"]
 
 
 @pytest.mark.parametrize("name", OFFLINE)
