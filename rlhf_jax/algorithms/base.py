@@ -127,15 +127,20 @@ def responses_per_iteration(sec, n_prompts: int, group_size: int = 1) -> int:
     return min(sec.batch_size // group_size, n_prompts) * group_size
 
 
+def check_minibatches(name: str, sec, n_prompts: int, group_size: int = 1) -> None:
+    """``minibatches`` must divide an iteration's responses (``batch_size``, capped by the prompts)."""
+    B = responses_per_iteration(sec, n_prompts, group_size)
+    if B % sec.minibatches:
+        raise ValueError(f"{name}.minibatches ({sec.minibatches}) must divide the {B} responses of "
+                         f"an iteration ({name}.batch_size, capped by the {n_prompts} training prompts)")
+
+
 def check_common(name: str, sec, *, n_prompts: int, has_pretrain_texts: bool, group_size: int = 1) -> None:
     """Checks every on-policy algorithm shares; raises ValueError naming the section's keys."""
     if sec.batch_size < group_size:
         raise ValueError(f"{name}.batch_size ({sec.batch_size}) is smaller than one group of "
                          f"{name}.group_size ({group_size}) responses")
-    B = responses_per_iteration(sec, n_prompts, group_size)
-    if B % sec.minibatches:
-        raise ValueError(f"{name}.minibatches ({sec.minibatches}) must divide the {B} responses of "
-                         f"an iteration ({name}.batch_size, capped by the {n_prompts} training prompts)")
+    check_minibatches(name, sec, n_prompts, group_size)
     if sec.ptx_coef > 0 and not has_pretrain_texts:
         raise ValueError(f"{name}.ptx_coef > 0 needs pretraining texts (the task corpus or "
                          f"data.pretrain_text)")

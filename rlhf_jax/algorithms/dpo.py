@@ -25,11 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.algorithms.base import RLSetup, init_rl_state
+from rlhf_jax.algorithms.offline import Offline
 from rlhf_jax.algorithms.rollout import response_logits
 from rlhf_jax.algorithms.sections import OptimizerFields, chosen, optimizer_kwargs, ranged
 from rlhf_jax.algorithms.step import GUARD_KEY, gradient_step, nonfinite_code
 from rlhf_jax.algorithms.train_state import make_optimizer
-from rlhf_jax.data.encoding import batch_indices
 from rlhf_jax.losses.common import token_logprobs
 from rlhf_jax.losses.dpo import PREFERENCE_LOSSES, preference_loss, response_logprob
 
@@ -79,16 +79,12 @@ def _labels(d: dict) -> dict:
     return {k: d[k] for k in ("mu", "order") if k in d}
 
 
-class Preference:
-    """Offline preference optimisation on comparisons (``setup.preferences``)."""
+class Preference(Offline):
+    """Offline preference optimisation on comparisons (``setup.preferences``): a batch is
+    ``batch_size`` prompts with their K responses."""
 
     vector_keys = ("lr", "beta", "label_smoothing", "margin")
-    steps_per_iteration = 10  # checkpoints every 10 x run.checkpoint_every steps
     progress_metrics = (("loss", "loss/preference"), ("acc", "rewards/accuracy"))
-
-    @staticmethod
-    def group_size(sec) -> int:
-        return 1
 
     @staticmethod
     def needs(sec) -> tuple[str, ...]:
@@ -103,20 +99,6 @@ class Preference:
     @staticmethod
     def hparams(sec) -> dict:
         return {k: jnp.float32(getattr(sec, k)) for k in ("beta", "label_smoothing", "margin")}
-
-    @staticmethod
-    def batch(setup: RLSetup, sec, it: int) -> dict:
-        """Step ``it``'s prompts (with their K responses), a pure function of (seed, it)."""
-        train = setup.preferences["train"]
-        n = len(train["input_ids"])
-        per = min(sec.batch_size, n)
-        epoch, j = divmod(it, n // per)
-        idx = batch_indices(n, per, setup.seed, epoch)[j]
-        return {k: v[idx] for k, v in train.items()}
-
-    @staticmethod
-    def responses_per_iteration(sec, n_prompts: int, setup: RLSetup | None = None) -> int:
-        return sec.batch_size
 
     @staticmethod
     def prepare(setup: RLSetup, sec) -> RLSetup:

@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.algorithms.base import RLSetup, init_rl_state
+from rlhf_jax.algorithms.offline import Offline
 from rlhf_jax.algorithms.reward_model import score_in_batches
 from rlhf_jax.algorithms.rollout import response_logits
 from rlhf_jax.algorithms.sections import OptimizerFields, optimizer_kwargs, ranged
 from rlhf_jax.algorithms.step import GUARD_KEY, gradient_step, nonfinite_code
 from rlhf_jax.algorithms.train_state import make_optimizer
-from rlhf_jax.data.encoding import batch_indices
 from rlhf_jax.losses.common import token_logprobs
 from rlhf_jax.losses.ilql import ilql_loss, shifted_logits
 from rlhf_jax.models.heads import init_mlp_head, mlp_head
@@ -71,16 +71,12 @@ def _flatten(d: dict) -> dict:
     return out
 
 
-class ImplicitQ:
+class ImplicitQ(Offline):
     """ILQL on logged responses (``setup.preferences``: step 2's samples, flattened)."""
 
     vector_keys = ("lr", "gamma", "tau", "cql_coef", "awac_coef", "polyak", "beta")
-    steps_per_iteration = 10  # checkpoints every 10 x run.checkpoint_every steps
     progress_metrics = (("loss", "loss/ilql"), ("adv", "ilql/advantage_mean"))
-
-    @staticmethod
-    def group_size(sec) -> int:
-        return 1
+    batch_keys = ("input_ids", "attention_mask", "rewards")
 
     @staticmethod
     def needs(sec) -> tuple[str, ...]:
@@ -94,19 +90,6 @@ class ImplicitQ:
     def hparams(sec) -> dict:
         return {k: jnp.float32(getattr(sec, k)) for k in ("gamma", "tau", "cql_coef", "awac_coef",
                                                           "polyak", "beta")}
-
-    @staticmethod
-    def batch(setup: RLSetup, sec, it: int) -> dict:
-        train = setup.preferences["train"]
-        n = len(train["input_ids"])
-        per = min(sec.batch_size, n)
-        epoch, j = divmod(it, n // per)
-        idx = batch_indices(n, per, setup.seed, epoch)[j]
-        return {k: train[k][idx] for k in ("input_ids", "attention_mask", "rewards")}
-
-    @staticmethod
-    def responses_per_iteration(sec, n_prompts: int) -> int:
-        return sec.batch_size
 
     @staticmethod
     def prepare(setup: RLSetup, sec) -> RLSetup:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rlhf_jax.algorithms.base import RLSetup, RLState, make_onpolicy_iteration
+from rlhf_jax.algorithms.base import RLSetup, RLState, check_minibatches, make_onpolicy_iteration
 from rlhf_jax.algorithms.kl_controller import init_kl_state
 from rlhf_jax.algorithms.ppo import ActorCritic
 from rlhf_jax.algorithms.rollout import response_logits
@@ -75,10 +75,7 @@ class TrustRegion:
 
     @staticmethod
     def check(name, sec, *, n_prompts: int, has_pretrain_texts: bool) -> None:
-        B = min(sec.batch_size, n_prompts)
-        if B % sec.minibatches:
-            raise ValueError(f"{name}.minibatches ({sec.minibatches}) must divide the {B} responses of "
-                             f"an iteration ({name}.batch_size, capped by the {n_prompts} training prompts)")
+        check_minibatches(name, sec, n_prompts)
         if sec.kl.placement == "loss":
             raise ValueError(f"{name}.kl.placement = 'loss': TRPO's objective is the surrogate alone "
                              f"(its trust region is the KL to the previous policy); put the KL to the "
