@@ -26,10 +26,10 @@ import numpy as np
 
 from rlhf_jax.algorithms.base import RLSetup, init_rl_state
 from rlhf_jax.algorithms.offline import Offline
+from rlhf_jax.algorithms.reward_model import per_sequence_in_chunks
 from rlhf_jax.algorithms.rollout import response_logits
-from rlhf_jax.algorithms.sections import OptimizerFields, chosen, optimizer_kwargs, ranged
+from rlhf_jax.algorithms.sections import OptimizerFields, chosen, ranged, section_optimizer
 from rlhf_jax.algorithms.step import GUARD_KEY, gradient_step, nonfinite_code
-from rlhf_jax.algorithms.train_state import make_optimizer
 from rlhf_jax.losses.common import token_logprobs
 from rlhf_jax.losses.dpo import PREFERENCE_LOSSES, preference_loss, response_logprob
 
@@ -63,16 +63,8 @@ def response_logps(cfg, params, ids: np.ndarray, mask: np.ndarray, prompt_len: i
     """log π(y|x) of every response of ``[n, K, L]`` comparisons -> ``[n, K]`` (fixed-size chunks:
     one compile)."""
     n, K, L = ids.shape
-    flat_ids, flat_mask = ids.reshape(n * K, L), mask.reshape(n * K, L)
-    out = np.zeros((n * K,), np.float32)
-    for s in range(0, n * K, chunk):
-        i, m = flat_ids[s:s + chunk], flat_mask[s:s + chunk]
-        pad = chunk - len(i)
-        if pad:
-            i, m = np.concatenate([i, np.repeat(i[-1:], pad, 0)]), np.concatenate([m, np.repeat(m[-1:], pad, 0)])
-        got = _logps(cfg, params, i, m, prompt_len=prompt_len, length_normalize=length_normalize)
-        out[s:s + chunk] = np.asarray(got)[: chunk - pad]
-    return out.reshape(n, K)
+    fn = lambda i, m: _logps(cfg, params, i, m, prompt_len=prompt_len, length_normalize=length_normalize)  # noqa: E731
+    return per_sequence_in_chunks(fn, ids.reshape(n * K, L), mask.reshape(n * K, L), chunk).reshape(n, K)
 
 
 def _labels(d: dict) -> dict:
@@ -118,12 +110,12 @@ class Preference(Offline):
     @staticmethod
     def init(setup: RLSetup, sec, rng):
         params = jax.tree_util.tree_map(jnp.copy, {"policy": setup.policy_params})
-        return init_rl_state(params, make_optimizer(sec.lr, **optimizer_kwargs(sec)), sec.beta, rng)
+        return init_rl_state(params, section_optimizer(sec), sec.beta, rng)
 
     @staticmethod
     def make_iteration(setup: RLSetup, sec):
         cfg, P = setup.model_cfg, setup.prompt_len
-        tx = make_optimizer(sec.lr, **optimizer_kwargs(sec))
+        tx = section_optimizer(sec)
 
         def loss_fn(params, mb, hp):
             ids, mask = mb["input_ids"], mb["attention_mask"]

@@ -25,9 +25,8 @@ from rlhf_jax.algorithms.base import RLSetup, init_rl_state
 from rlhf_jax.algorithms.offline import Offline
 from rlhf_jax.algorithms.reward_model import score_in_batches
 from rlhf_jax.algorithms.rollout import response_logits
-from rlhf_jax.algorithms.sections import OptimizerFields, optimizer_kwargs, ranged
+from rlhf_jax.algorithms.sections import OptimizerFields, ranged, section_optimizer
 from rlhf_jax.algorithms.step import GUARD_KEY, gradient_step, nonfinite_code
-from rlhf_jax.algorithms.train_state import make_optimizer
 from rlhf_jax.losses.common import token_logprobs
 from rlhf_jax.losses.ilql import ilql_loss, shifted_logits
 from rlhf_jax.models.heads import init_mlp_head, mlp_head
@@ -111,14 +110,14 @@ class ImplicitQ(Offline):
                  "q2": init_mlp_head(k2, cfg.d_model, cfg.vocab_size),
                  "v": init_mlp_head(k3, cfg.d_model, 1)}
         params = jax.tree_util.tree_map(jnp.copy, {"policy": setup.policy_params, "heads": heads})
-        state = init_rl_state(params, make_optimizer(sec.lr, **optimizer_kwargs(sec)), 0.0, state_rng)
+        state = init_rl_state(params, section_optimizer(sec), 0.0, state_rng)
         target = jax.tree_util.tree_map(jnp.copy, {"q1": heads["q1"], "q2": heads["q2"]})
         return state.replace(aux={"target": target})
 
     @staticmethod
     def make_iteration(setup: RLSetup, sec):
         cfg, P = setup.model_cfg, setup.prompt_len
-        tx = make_optimizer(sec.lr, **optimizer_kwargs(sec))
+        tx = section_optimizer(sec)
 
         def loss_fn(params, mb, hp):
             ids, mask = mb["input_ids"], mb["attention_mask"]

@@ -21,16 +21,11 @@ import jax.numpy as jnp
 from rlhf_jax.algorithms.base import (RLSetup, check_common, init_rl_state, make_onpolicy_iteration,
                                       make_policy_loss, rl_hparams)
 from rlhf_jax.algorithms.rollout import score_responses
-from rlhf_jax.algorithms.sections import GROUP_ESTIMATORS, optimizer_kwargs
-from rlhf_jax.algorithms.train_state import make_optimizer
+from rlhf_jax.algorithms.sections import GROUP_ESTIMATORS, section_optimizer
 from rlhf_jax.losses.advantages import (group_baseline, moving_average_baseline, remax_advantages,
                                         zero_variance_groups)
 from rlhf_jax.losses.common import kl_estimate, masked_whiten
 from rlhf_jax.sampling import generate
-
-
-def _policy_optimizer(sec):
-    return make_optimizer(sec.lr, **optimizer_kwargs(sec))
 
 
 class CriticFree:
@@ -77,7 +72,7 @@ class CriticFree:
     @staticmethod
     def init(setup: RLSetup, sec, rng):
         params = jax.tree_util.tree_map(jnp.copy, {"policy": setup.policy_params})
-        return init_rl_state(params, _policy_optimizer(sec), sec.kl.beta, rng)
+        return init_rl_state(params, section_optimizer(sec), sec.kl.beta, rng)
 
     @staticmethod
     def make_iteration(setup: RLSetup, sec):
@@ -127,5 +122,5 @@ class CriticFree:
             data = {"advantages": adv[:, None] * maskf, "loss_mask": loss_mask}
             return data, metrics, state
 
-        return make_onpolicy_iteration(setup, sec, tx=_policy_optimizer(sec), targets=targets,
+        return make_onpolicy_iteration(setup, sec, tx=section_optimizer(sec), targets=targets,
                                        loss_fn=make_policy_loss(setup, sec))

@@ -50,18 +50,24 @@ def _scores_jit(cfg, params, ids, mask):
     return rm_scores(cfg, params, ids, mask)
 
 
-def score_in_batches(cfg, params, ids: np.ndarray, mask: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Raw RM scores of many sequences (host loop over fixed-size padded chunks: one compile)."""
+def per_sequence_in_chunks(fn, ids: np.ndarray, mask: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """``fn(ids, mask) -> [chunk]`` over many sequences ``[n, L]`` as a host loop over fixed-size
+    chunks (the last padded with copies of its final row), so a jitted ``fn`` compiles once."""
     n = len(ids)
     out = np.zeros((n,), np.float32)
-    for s in range(0, n, batch_size):
-        chunk_ids, chunk_mask = ids[s:s + batch_size], mask[s:s + batch_size]
-        pad = batch_size - len(chunk_ids)
+    for s in range(0, n, chunk):
+        chunk_ids, chunk_mask = ids[s:s + chunk], mask[s:s + chunk]
+        pad = chunk - len(chunk_ids)
         if pad:
             chunk_ids = np.concatenate([chunk_ids, np.repeat(chunk_ids[-1:], pad, 0)])
             chunk_mask = np.concatenate([chunk_mask, np.repeat(chunk_mask[-1:], pad, 0)])
-        out[s:s + batch_size] = np.asarray(_scores_jit(cfg, params, chunk_ids, chunk_mask))[: batch_size - pad]
+        out[s:s + chunk] = np.asarray(fn(chunk_ids, chunk_mask))[: chunk - pad]
     return out
+
+
+def score_in_batches(cfg, params, ids: np.ndarray, mask: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Raw RM scores of many sequences (fixed-size padded chunks: one compile)."""
+    return per_sequence_in_chunks(lambda i, m: _scores_jit(cfg, params, i, m), ids, mask, batch_size)
 
 
 def pairwise_accuracy(scores: np.ndarray, mu: np.ndarray) -> float:

@@ -45,6 +45,13 @@ def optimizer_kwargs(section) -> dict:
     return {k: getattr(section, k) for k in ("warmup", "b1", "b2", "eps", "weight_decay", "max_grad_norm")}
 
 
+def section_optimizer(section):
+    """``make_optimizer`` at the section's ``lr`` with its AdamW settings (no schedule length)."""
+    from rlhf_jax.algorithms.train_state import make_optimizer
+
+    return make_optimizer(section.lr, **optimizer_kwargs(section))
+
+
 @dataclasses.dataclass(frozen=True)
 class KLConfig:
     """KL(π‖π_ref): where it enters the objective, its estimator and its coefficient β."""

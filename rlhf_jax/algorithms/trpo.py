@@ -22,9 +22,9 @@ from rlhf_jax.algorithms.base import RLSetup, RLState, check_minibatches, make_o
 from rlhf_jax.algorithms.kl_controller import init_kl_state
 from rlhf_jax.algorithms.ppo import ActorCritic
 from rlhf_jax.algorithms.rollout import response_logits
-from rlhf_jax.algorithms.sections import KLConfig, OptimizerFields, optimizer_kwargs, ranged
+from rlhf_jax.algorithms.sections import KLConfig, OptimizerFields, ranged, section_optimizer
 from rlhf_jax.algorithms.step import run_epochs
-from rlhf_jax.algorithms.train_state import TrainState, make_optimizer
+from rlhf_jax.algorithms.train_state import TrainState
 from rlhf_jax.losses.common import entropy_from_logits, masked_mean
 from rlhf_jax.models import init_value_head
 from rlhf_jax.losses.trpo import (backtracking_line_search, conjugate_gradient, fisher_vector_product,
@@ -59,19 +59,12 @@ class TRPOConfig(OptimizerFields):
 _HP = ("max_kl", "cg_damping", "backtrack_coef", "vf_clip", "gamma", "lam", "temperature", "reward_clip")
 
 
-class TrustRegion:
-    """TRPO: the actor-critic targets with a natural-gradient, line-searched policy step."""
+class TrustRegion(ActorCritic):
+    """TRPO: the actor-critic family (its needs, targets and critic loss) with a natural-gradient,
+    line-searched policy step in place of the clipped-surrogate epochs."""
 
     vector_keys = ("lr", "max_kl", "cg_damping", "backtrack_coef", "vf_clip", "gamma", "lam",
                    "temperature", "reward_clip", "no_eos_penalty", "kl.beta", "kl.target", "kl.horizon")
-
-    @staticmethod
-    def group_size(sec) -> int:
-        return 1
-
-    @staticmethod
-    def needs(sec) -> tuple[str, ...]:
-        return ("reward_model", "critic")
 
     @staticmethod
     def check(name, sec, *, n_prompts: int, has_pretrain_texts: bool) -> None:
@@ -90,10 +83,6 @@ class TrustRegion:
         return hp
 
     @staticmethod
-    def critic_optimizer(sec):
-        return make_optimizer(sec.lr, **optimizer_kwargs(sec))
-
-    @staticmethod
     def init(setup: RLSetup, sec, rng):
         """The policy, and a separate critic initialised from the reward model (as PPO's); only
         the critic has an optimizer state."""
@@ -101,7 +90,7 @@ class TrustRegion:
         critic = {"backbone": setup.rm_params["backbone"], "head": init_value_head(head_rng, setup.rm_cfg.d_model)}
         params = jax.tree_util.tree_map(jnp.copy, {"policy": setup.policy_params, "critic": critic})
         train = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                           opt_state=TrustRegion.critic_optimizer(sec).init(params["critic"]))
+                           opt_state=section_optimizer(sec).init(params["critic"]))
         return RLState(train=train, kl=init_kl_state(sec.kl.beta), rng=state_rng,
                        iteration=jnp.zeros((), jnp.int32), baseline=jnp.zeros((), jnp.float32),
                        baseline_count=jnp.zeros((), jnp.float32))  # distinct buffers: the state is donated
@@ -110,7 +99,7 @@ class TrustRegion:
     def make_iteration(setup: RLSetup, sec):
         cfg, P = setup.model_cfg, setup.prompt_len
         targets, critic_loss = ActorCritic.parts(setup, sec)
-        critic_tx = TrustRegion.critic_optimizer(sec)
+        critic_tx = section_optimizer(sec)
 
         def update(train: TrainState, data, hp, rng):
             policy = train.params["policy"]

@@ -14,6 +14,7 @@ without the temperature inflates KL).
 
 from __future__ import annotations
 
+import abc
 import functools
 
 import flax
@@ -45,7 +46,7 @@ class SampleOutput:
     num_steps: jax.Array       # decode steps actually run
 
 
-class LogitsProcessor:
+class LogitsProcessor(abc.ABC):
     """A hook on the sampler's next-token logits, run inside its jitted loop (e.g. NLPO's top-p
     mask from a masking policy, ILQL's β·(Q − V) shift). A processor is static (hashable: a frozen
     dataclass); its arrays come in as ``params`` (traced, so changing them never recompiles) and
@@ -64,8 +65,9 @@ class LogitsProcessor:
     def grow(self, state, cache_len):
         return state
 
+    @abc.abstractmethod
     def process(self, params, state, logits, hidden):
-        raise NotImplementedError
+        """The step's logits ``[B, V]`` as the policy samples them."""
 
     def advance(self, params, state, tokens):
         return state
