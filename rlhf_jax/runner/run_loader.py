@@ -40,7 +40,7 @@ from rlhf_jax.runner.config_loader import ConfigError, load_config
 from rlhf_jax.runner.run_dir import RunDirError, read_json
 from rlhf_jax.runner.schema import ExperimentConfig, algorithm_section
 
-__all__ = ["LoadedRun", "load_run", "LM_STAGES", "POLICY_STAGES"]
+__all__ = ["LoadedRun", "load_run", "rl_steps", "LM_STAGES", "POLICY_STAGES"]
 
 LM_STAGES = ("pretrain", "sft")
 """Step 1's trained stages, in pipeline order."""
@@ -172,16 +172,20 @@ def _shapes(fn, *args):
     return jax.eval_shape(fn, *args)
 
 
-def load_run(run_dir: str, *, stage: str | None = None, reward_model: bool = True) -> LoadedRun:
+def load_run(run_dir: str, *, stage: str | None = None, reward_model: bool = True,
+             step: int | None = None) -> LoadedRun:
     """Read ``run_dir`` back; see the module docstring.
 
     ``stage`` picks the policy: None — the newest (RL if the run has an RL checkpoint, else step
     1's LM); 'rl', 'sft' or 'pretrain' — that stage's newest checkpoint (RunDirError when the
-    run has none). ``reward_model=False`` skips reading the reward model. Every problem is a
+    run has none). ``step``: that RL checkpoint (one of :func:`rl_steps`) instead of the newest.
+    ``reward_model=False`` skips reading the reward model. Every problem is a
     :class:`RunDirError` (or ConfigError for config.yaml) naming the path and what is missing.
     """
     if stage is not None and stage not in POLICY_STAGES:
         raise ConfigError(f"stage {stage!r}: choose one of {', '.join(POLICY_STAGES)}")
+    if step is not None and stage not in (None, "rl"):
+        raise ConfigError(f"step {step}: only an RL checkpoint is chosen by step")
     run_dir = os.path.abspath(run_dir)
     if not os.path.exists(run_dir):
         raise RunDirError(f"{run_dir}: no such run directory")
@@ -201,7 +205,20 @@ def load_run(run_dir: str, *, stage: str | None = None, reward_model: bool = Tru
     model_cfg = src.model_config(tok.vocab_size)
     ck = _ReadOnlyCheckpoints(run_dir)
     try:
-        return _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model)
+        if step is not None and step not in ck.steps("rl"):
+            raise RunDirError(f"{run_dir}: no RL checkpoint at step {step} (it keeps "
+                              f"{', '.join(map(str, sorted(ck.steps('rl')))) or 'none'})")
+        return _load(run_dir, cfg, src, tok, model_cfg, ck, "rl" if step is not None else stage,
+                     reward_model, step)
+    finally:
+        ck.close()
+
+
+def rl_steps(run_dir: str) -> list[int]:
+    """The complete RL checkpoints ``run_dir`` keeps, oldest first ([] when none)."""
+    ck = _ReadOnlyCheckpoints(os.path.abspath(run_dir))
+    try:
+        return sorted(ck.steps("rl"))
     finally:
         ck.close()
 
@@ -217,7 +234,7 @@ def _lm_stages(cfg, src) -> list[str]:
     return out
 
 
-def _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model) -> LoadedRun:
+def _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model, step=None) -> LoadedRun:
     key = jax.random.PRNGKey(cfg.run.seed)
     trained = _lm_stages(cfg, src)
     init_rng = jax.random.fold_in(key, 0)
@@ -295,7 +312,7 @@ def _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model) -> LoadedR
         pol_stage = stage
     elif need_rl:
         pol_params, pol_step, decoder = _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes,
-                                                    rm_shapes())
+                                                    rm_shapes(), step)
         pol_stage = "rl"
 
     summary = read_json(os.path.join(run_dir, "summary.json"), "delete it to redo the final "
@@ -308,9 +325,9 @@ def _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model) -> LoadedR
                      summary=summary, policy_decoder=decoder)
 
 
-def _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes, rm_shapes):
-    """The newest RL checkpoint's policy, restored into the algorithm's own state (as
-    ``Pipeline.rl`` builds it, shapes only)."""
+def _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes, rm_shapes, step=None):
+    """The newest RL checkpoint's policy (or step ``step``'s), restored into the algorithm's own
+    state (as ``Pipeline.rl`` builds it, shapes only)."""
     algo = ALGORITHMS.get(cfg.algorithm)
     sec = algorithm_section(cfg)
     P, R = cfg.data.max_prompt_len, cfg.data.max_response_len
@@ -325,6 +342,7 @@ def _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes, rm_shapes):
 
     template = {"rl": _shapes(init, lm_shapes, rm_shapes,
                               jax.random.fold_in(jax.random.PRNGKey(rl_seed), 7))}
-    restored, meta = ck.restore_newest("rl", template)
+    restored, meta = (ck.restore_newest("rl", template) if step is None else
+                      ck.restore("rl", template, step=step))
     state = restored["rl"]
     return algo.policy(state), int(meta["step"]), algo.decoder(state, algo.hparams(sec))

@@ -291,5 +291,62 @@ def test_errors_name_the_path(run, tmp_path, capsys):
     assert not (tmp_path / "x").exists() and not (tmp_path / "sft").exists()
 
 
+# ----------------------------------------------------------------------------- rank
+
+def test_rank_reference_and_checkpoints(run, tmp_path, capsys):
+    from rlhf_jax.runner.evaluation import gold_of_samples, sample_many
+    from rlhf_jax.runner.rank import RANK_RNG, rank_runs
+
+    out_dir = tmp_path / "rank"
+    rc, out, err = _cli(capsys, "rank", run["dir"], "--reference", "--checkpoints", "--samples", 2,
+                        "--boot", 200, "--out", out_dir)
+    assert rc == 0, err
+    res = json.load(open(out_dir / "rank.json"))
+    names = [p["name"] for p in res["players"]]
+    assert names == ["reference (run)", "run@2", "run@4"]
+    assert [(p["stage"], p["step"]) for p in res["players"]] == [("pretrain", 30), ("rl", 2), ("rl", 4)]
+    ref = res["players"][0]
+    assert ref["elo"] == ref["elo_low"] == ref["elo_high"] == 1000.0  # the anchor
+    for p in res["players"]:
+        assert p["elo_low"] <= p["elo"] <= p["elo_high"] and 0 <= p["win_rate"] <= 1
+    games = np.array(res["games"])
+    n = res["n_prompts"] * res["samples"] ** 2  # every response meets every response per prompt
+    np.testing.assert_allclose(games + games.T, n * (1 - np.eye(3)))
+    wr = np.array([[np.nan if x is None else x for x in row] for row in res["win_rate"]])
+    np.testing.assert_allclose((wr + wr.T)[~np.eye(3, dtype=bool)], 1.0)
+    # the judge's scores are the gold rewards of the players' samples from the rank key
+    lr = load_run(run["dir"], reward_model=False)
+    prompts = lr.eval_prompts()
+    ids, mask = lr.encode_prompts(prompts)
+    s = sample_many(lr.model_cfg, lr.reference_params, ids, mask,
+                    rng=jax.random.fold_in(jax.random.PRNGKey(0), RANK_RNG), n=2,
+                    max_new_tokens=lr.response_len, temperature=lr.cfg.eval.temperature,
+                    eos_id=lr.tokenizer.eos_id, pad_id=lr.tokenizer.pad_id)
+    assert ref["mean_score"] == pytest.approx(float(gold_of_samples(lr.gold, lr.tokenizer, prompts, 2, s).mean()))
+    for f in ("rank.md", "elo.png", "win_rate.png"):
+        assert (out_dir / f).stat().st_size > 0
+    assert "| rank | policy | Elo [95% interval]" in out and "reference (run)" in out
+    again = rank_runs([run["dir"]], reference=True, checkpoints=True, samples=2, n_boot=200)
+    assert again["players"] == res["players"]  # deterministic given the seed
+
+
+def test_rank_judged_by_a_reward_model(run):
+    from rlhf_jax.runner.rank import rank_runs
+
+    res = rank_runs([run["dir"]], judge=f"rm:{run['dir']}", reference=True, prompts=3, n_boot=50, seed=1)
+    assert res["judge"].startswith("reward model of") and res["n_prompts"] == 3
+    assert all(np.isfinite(p["mean_score"]) and np.isfinite(p["elo"]) for p in res["players"])
+
+
+def test_rank_errors(run, tmp_path, capsys):
+    _one_line_error(capsys, ["rank", run["dir"]], "one player only")
+    _one_line_error(capsys, ["rank", run["dir"], run["dir"] + "/"], "given more than once")
+    _one_line_error(capsys, ["rank", run["dir"], "--reference", "--judge", "human"], "--judge 'human'")
+    _one_line_error(capsys, ["rank", run["dir"], "--reference", "--prompts", 99], "--prompts 99",
+                    "only 4 held-out prompts")
+    _one_line_error(capsys, ["rank", run["dir"], tmp_path / "nope"], "no such run directory")
+    _one_line_error(capsys, ["rank", run["dir"], "--reference", "--samples", 0], "--samples 0")
+
+
 def test_commands_wrote_nothing_into_the_run(run):
     assert digest(run["dir"]) == run["digest"]
