@@ -462,6 +462,10 @@ class Pipeline:
         summary.update({f"{k.split('/', 1)[1]}_final": v for k, v in own.items()})
         summary["kl_to_reference_final"] = float(final["kl"].mean())
         summary["kl_coef_final"] = float(state.kl.beta)
+        # responses an iteration learns from (sampled, for an on-policy algorithm; from step 2's
+        # data, for an offline one), and all of step 3's
+        summary["responses_per_iteration"] = self.stage.responses_per_iteration
+        summary["samples"] = self.stage.responses_per_iteration * algorithm_section(cfg).iterations
         summary["response_length_final"] = float(final["samples"]["mask"].sum(1).mean())
         summary["eos_rate_final"] = float(np.mean(np.any(
             (final["samples"]["tokens"] == self.tok.eos_id) & (final["samples"]["mask"] > 0), axis=1)))

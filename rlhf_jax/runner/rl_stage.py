@@ -97,7 +97,7 @@ class RLStage:
         self.e_ids, self.e_mask = encode_prompts(pipe.tok, self.eval_prompts, pipe.P)
         self.iter_times: list[float] = []
         self.good = self.start or None
-        n_resp = self.algo.responses_per_iteration(sec, len(ids))
+        self.responses_per_iteration = n_resp = self.algo.responses_per_iteration(sec, len(ids))
         _log(f"step 3: {cfg.algorithm} for {sec.iterations} iterations of {n_resp} responses"
              + (f" ({pipe.run_dir})" if pipe.show is False else ""))
         self.bar = progress(sec.iterations, cfg.algorithm, initial=self.start, force=pipe.show)

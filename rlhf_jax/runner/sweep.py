@@ -92,6 +92,18 @@ class RayConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RankConfig:
+    """``sweep.rank``: Elo ratings of the finished trials' final policies (the ``rank`` command),
+    computed when the trials are done and shown in the report."""
+    judge: Optional[str] = None               # gold | rm:RUN_DIR (None: no ranking)
+    prompts: Optional[int] = field(default=None, metadata={"range": (1, None)})  # first N held-out
+    #   prompts (None: all)
+    samples: int = field(default=1, metadata={"range": (1, None)})  # responses per prompt and policy
+    boot: int = field(default=1000, metadata={"range": (0, None)})  # bootstrap resamples
+    reference: bool = True                    # the (first trial's) reference policy at Elo 1000
+
+
+@dataclasses.dataclass(frozen=True)
 class SweepConfig:
     out_dir: str = "runs/sweep"               # the sweep directory (trials, results.csv, report.md)
     seeds: list[int] = field(default_factory=list)  # run.rl_seed values: each configuration once
@@ -100,10 +112,11 @@ class SweepConfig:
     zip: list[dict[str, list[Any]]] = field(default_factory=list)  # groups of keys varied together
     random: RandomAxes = RandomAxes()
     workers: int = field(default=1, metadata={"range": (1, None)})  # trials at once
-    launcher: Literal["local", "ray"] = "local"
+    launcher: Literal["local", "ray", "inline"] = "local"  # inline: one by one in this process
     ray: RayConfig = RayConfig()
     share_steps: bool = True                  # build steps 1-2 once for trials that agree on them
     vectorize: bool = False                   # seeds / array hyperparameters as one vmapped program
+    rank: RankConfig = RankConfig()           # Elo of the final policies (off unless rank.judge)
 
 
 _EXPERIMENT_FIELDS = tuple(f.name for f in dataclasses.fields(ExperimentConfig))
@@ -294,6 +307,13 @@ def load_sweep(path: str, overrides: list[str] = ()) -> Sweep:
     overrides = list(overrides)
     sf = load_config(SweepFile, path, overrides)
     sc = sf.sweep
+    if sc.rank.judge is not None:
+        from rlhf_jax.runner.rank import parse_judge
+
+        try:
+            parse_judge(sc.rank.judge)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: sweep.rank.judge: {str(e).split(': ', 1)[1]}") from None
     exp_overrides = [o for o in overrides if not parse_override(o)[0].strip().startswith("sweep.")]
     points = expand(sc)
     swept = {k for p in points for k in p} | ({"run.rl_seed"} if sc.seeds else set())
@@ -380,8 +400,9 @@ def add_parser(sub) -> None:
     p.add_argument("sweep_file", help="sweep YAML (an experiment config with a 'sweep' section)")
     p.add_argument("overrides", nargs="*", help="key.path=value for every trial, or sweep.* settings")
     p.add_argument("--workers", type=int, default=None, help="trials at once (default: sweep.workers)")
-    p.add_argument("--launcher", choices=("local", "ray"), default=None,
-                   help="local processes or Ray tasks (default: sweep.launcher)")
+    p.add_argument("--launcher", choices=("local", "ray", "inline"), default=None,
+                   help="local processes, Ray tasks, or one by one in this process (default: "
+                        "sweep.launcher)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite results.csv and report.md from what has run so far; run nothing")
     p.add_argument("--dry-run", action="store_true", help="list the trials and their status; run nothing")
@@ -443,11 +464,19 @@ def sweep_command(args) -> int:
                 from rlhf_jax.runner.ray_launcher import run_ray
 
                 run_ray(sweep, jobs, workers)
+            elif launcher == "inline":
+                from rlhf_jax.runner.sweep_jobs import run_inline
+
+                run_inline(sweep, jobs)
             else:
                 run_local(sweep, jobs, workers)
         finally:
-            write_sweep_report(sweep)
-    else:
+            write_sweep_report(sweep)  # (also when interrupted or a trial raised)
+    if sc.rank.judge is not None or args.report_only:
+        if sc.rank.judge is not None:
+            from rlhf_jax.runner.sweep_report import rank_sweep
+
+            rank_sweep(sweep)
         write_sweep_report(sweep)
     statuses = [trial_status(sweep, t)["status"] for t in sweep.trials]
     print(f"results: {os.path.join(sc.out_dir, 'results.csv')}\nreport:  {os.path.join(sc.out_dir, 'report.md')}")

@@ -264,3 +264,68 @@ def run_local(sweep: Sweep, jobs: list[Job], workers: int) -> dict[str, int]:
     finally:
         bar.close()
     return finished
+
+
+def run_inline(sweep: Sweep, jobs: list[Job]) -> dict[str, int]:
+    """Run the jobs one after another in this process (``sweep.launcher: inline``): each is the
+    CLI command a local worker would run, its output in the job's log, its outcome recorded as
+    theirs. An interrupt stops the sweep after recording the running job as interrupted."""
+    import contextlib
+
+    from rlhf_jax.metrics.logger import progress
+    from rlhf_jax.runner.cli import main
+
+    finished: dict[str, int] = {}
+    failed_bases: dict[str, str] = {}
+    bar = progress(sum(max(1, len(j.trials)) for j in jobs), "sweep")
+    old = os.environ.get("RLHF_JAX_NO_PROGRESS")
+    os.environ["RLHF_JAX_NO_PROGRESS"] = "1"
+    try:
+        for job in jobs:
+            interrupts.check()
+            if job.after is not None and job.after in failed_bases:
+                _fail_dependents(sweep, [job], job.after, failed_bases[job.after])
+                continue
+            locks = _locks(sweep, job)
+            if locks is None:
+                _log(f"{job.name}: another sweep process is running it; skipped")
+                if not job.trials:
+                    failed_bases[job.name] = "another sweep process is running it"
+                continue
+            os.makedirs(os.path.dirname(job.log), exist_ok=True)
+            _log(f"start {job.name}")
+            t0 = time.time()
+            code = 130
+            try:
+                with open(job.log, "a", encoding="utf-8") as log, contextlib.redirect_stderr(log), \
+                        contextlib.redirect_stdout(log):
+                    log.write(f"$ python -m rlhf_jax {' '.join(job.args)}  (inline)\n")
+                    log.flush()
+                    try:
+                        code = main(job.args)
+                    except Exception as e:  # noqa: BLE001 -- a crashing trial must not stop the sweep
+                        import traceback
+
+                        traceback.print_exc()
+                        print(f"error: {type(e).__name__}: {e}", file=log)
+                        code = 1
+            finally:
+                ok = _finish_job(sweep, job, code, time.time() - t0)
+                for lk in locks:
+                    lk.release()
+            finished[job.name] = code
+            _log(f"{'done' if ok else 'FAILED'} {job.name} ({time.time() - t0:.0f} s)"
+                 + ("" if ok else f": {_last_error(job.log)}"))
+            if code in (130, 143):
+                raise KeyboardInterrupt
+            if not job.trials and code != 0:
+                failed_bases[job.name] = _last_error(job.log)
+            else:
+                bar.update(max(1, len(job.trials)))
+    finally:
+        bar.close()
+        if old is None:
+            os.environ.pop("RLHF_JAX_NO_PROGRESS", None)
+        else:
+            os.environ["RLHF_JAX_NO_PROGRESS"] = old
+    return finished

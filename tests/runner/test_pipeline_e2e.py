@@ -1,9 +1,11 @@
 """End-to-end: the quickstart pipeline learns with every registered algorithm, the KL penalty works,
-a killed run resumes bitwise.
+a killed run resumes bitwise, and ``experiments/compare_algorithms.yaml`` compares them all.
 
-One full run of ``experiments/quickstart.yaml`` (module fixture, PPO) is shared: every other run
-reuses its steps 1–2 (``run.reuse_from``) so only step 3 is repeated, under the same rollout budget
-(60 iterations × 64 sampled responses).
+The module fixture runs the compare sweep's CI profile (one seed instead of three; the on-policy
+algorithms evaluate once midway instead of every 10 iterations) with the inline launcher: one
+shared steps 1–2 of ``experiments/quickstart.yaml``, then every registered algorithm's step 3 at
+the quickstart's budget (60 iterations × 64 sampled responses for the on-policy ones), then the Elo
+ranking. Its PPO trial is the base run the other tests start from (``run.reuse_from``).
 """
 
 from __future__ import annotations
@@ -36,11 +38,68 @@ def _cfg(out_dir, *overrides):
                                                       *overrides])
 
 
+OFFLINE = ["cdpo", "dpo", "ipo", "simpo"]
+PRESETS = ["a2c", "cispo", "dapo", "dr_grpo", "gspo", "grpo", "nlpo", "reinforce", "remax", "rloo", "trpo"]
+CI_PROFILE = """\
+base: {compare}
+sweep:
+  out_dir: {out}
+  seeds: [0]
+  rank: {{boot: 200}}
+""" + "".join(f"{name}: {{eval_every: 30}}\n" for name in PRESETS)
+
+
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("quickstart"))
-    summary = Pipeline(_cfg(out)).run()
+def compare(tmp_path_factory):
+    from rlhf_jax.runner.cli import main
+
+    root = tmp_path_factory.mktemp("compare")
+    profile = root / "compare_ci.yaml"
+    profile.write_text(CI_PROFILE.format(compare=os.path.join(ROOT, "experiments", "compare_algorithms.yaml"),
+                                         out=root / "sweep"))
+    rc = main(["sweep", str(profile), "--launcher", "inline"])
+    return str(root / "sweep"), rc
+
+
+def _trial(compare, name):
+    out = os.path.join(compare[0], "trials", f"algorithm={name},seed=0")
+    return out, json.load(open(os.path.join(out, "summary.json")))
+
+
+@pytest.fixture(scope="module")
+def base_run(compare):
+    from rlhf_jax.runner.report import write_report
+
+    out, summary = _trial(compare, "ppo")
+    write_report(out, plots=True)  # (the sweep's trials skip their own plots)
     return out, summary
+
+
+def test_compare_sweep_has_every_algorithm(compare):
+    import csv
+
+    from rlhf_jax.algorithms.registry import ALGORITHMS
+
+    out, rc = compare
+    assert rc == 0
+    rows = list(csv.DictReader(open(os.path.join(out, "results.csv"))))
+    assert sorted(r["algorithm"] for r in rows) == sorted(ALGORITHMS.names())
+    assert len(os.listdir(os.path.join(out, "shared"))) == 1  # one LM and reward model for all
+    for r in rows:
+        assert r["status"] == "done", r
+        for key in ("gold_reward_final", "proxy_score_final", "kl_to_reference_final", "elo", "samples"):
+            assert np.isfinite(float(r[key])), (r["algorithm"], key)
+    assert len({r["gold_reward_initial"] for r in rows}) == 1
+    rank = json.load(open(os.path.join(out, "rank", "rank.json")))
+    assert len(rank["players"]) == len(rows) + 1 and rank["players"][0]["elo"] == 1000.0
+    by_name = {p["name"].split(",")[0].removeprefix("algorithm="): p for p in rank["players"][1:]}
+    # the judge is the gold reward: a policy that learned (PPO, at ~0.8 against the SFT's ~0.1)
+    # beats the reference
+    assert by_name["ppo"]["elo_low"] > 1000.0, by_name["ppo"]
+    report = open(os.path.join(out, "report.md")).read()
+    assert "## Elo of the final policies" in report
+    for png in ("plots/learning_curves.png", "plots/reward_vs_kl.png", "rank/elo.png", "rank/win_rate.png"):
+        assert os.path.getsize(os.path.join(out, png)) > 0, png
 
 
 def test_reward_model_near_label_ceiling(base_run):
@@ -94,27 +153,16 @@ def _final_ppo_params(run_dir):
     return restored
 
 
-OFFLINE = ["cdpo", "dpo", "ipo", "simpo"]
-PRESETS = ["a2c", "cispo", "dapo", "dr_grpo", "gspo", "grpo", "nlpo", "reinforce", "remax", "rloo", "trpo"]
-_preset_runs: dict[str, tuple[str, dict]] = {}
-
-
-def _preset_run(name, base_run, tmp_path_factory):
-    """Step 3 of algorithm ``name`` on the base run's LM and reward model (run once per module)."""
-    if name not in _preset_runs:
-        out = str(tmp_path_factory.mktemp(name))
-        # (the base run draws the report's plots; on-policy presets evaluate once midway)
-        extra = ["run.plots=false"] + ([] if name in OFFLINE + ["ilql"] else [f"{name}.eval_every=30"])
-        s = Pipeline(_cfg(out, f"algorithm={name}", f"run.reuse_from={base_run[0]}", *extra)).run()
-        _preset_runs[name] = out, s
-    return _preset_runs[name]
+def _preset_run(name, base_run, compare):
+    """Step 3 of algorithm ``name`` on the base run's LM and reward model (the compare sweep's trial)."""
+    return _trial(compare, name)
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_every_algorithm_learns(name, base_run, tmp_path_factory):
+def test_every_algorithm_learns(name, base_run, compare):
     """Same rollout budget as the quickstart's PPO; gold closes >= 40% of the gap to best-of-16."""
     _, base = base_run
-    out, s = _preset_run(name, base_run, tmp_path_factory)
+    out, s = _preset_run(name, base_run, compare)
     assert s["algorithm"] == name
     cfg_text = open(os.path.join(out, "config.yaml")).read()
     assert f"algorithm: {name}" in cfg_text and f"\n{name}:\n" in cfg_text and "\nppo:" not in cfg_text
@@ -131,8 +179,8 @@ def test_every_algorithm_learns(name, base_run, tmp_path_factory):
 
 
 @pytest.mark.parametrize("algorithm", ["ppo"])  # (every algorithm's state round-trips bitwise in
-def test_killed_run_resumes_bitwise(algorithm, base_run, tmp_path, tmp_path_factory):  # tests/algorithms)
-    out, s = base_run if algorithm == "ppo" else _preset_run(algorithm, base_run, tmp_path_factory)
+def test_killed_run_resumes_bitwise(algorithm, base_run, tmp_path, compare):  # tests/algorithms)
+    out, s = base_run if algorithm == "ppo" else _preset_run(algorithm, base_run, compare)
     run_dir = str(tmp_path / "resumed")
     cmd = [sys.executable, "-m", "rlhf_jax", "run", QUICKSTART, f"run.out_dir={run_dir}",
            f"run.reuse_from={base_run[0]}", "run.progress=false", f"algorithm={algorithm}"]
@@ -187,11 +235,11 @@ def test_ppo_ptx_and_shared_critic_run(base_run, tmp_path):
 
 
 @pytest.mark.parametrize("name", OFFLINE)
-def test_offline_preference_algorithm_learns_from_step_2_data_alone(name, base_run, tmp_path_factory):
+def test_offline_preference_algorithm_learns_from_step_2_data_alone(name, base_run, compare):
     """DPO and its family on the base run's comparisons only (the reward model it trained is used
     just for the proxy score): gold closes >= 40% of the gap to best-of-16."""
     _, base = base_run
-    out, s = _preset_run(name, base_run, tmp_path_factory)
+    out, s = _preset_run(name, base_run, compare)
     assert s["algorithm"] == name and s["gold_reward_initial"] == base["gold_reward_initial"]
     target = s["gold_reward_initial"] + 0.4 * (s["gold_reward_best_of_16"] - s["gold_reward_initial"])
     assert s["gold_reward_final"] >= target, s
@@ -210,10 +258,10 @@ def test_offline_preference_algorithm_learns_from_step_2_data_alone(name, base_r
     assert [r["step"] for r in ev] == [50, 100, 150, 200, 250, 300]
 
 
-def test_ilql_learns_from_step_2_samples_alone(base_run, tmp_path_factory):
+def test_ilql_learns_from_step_2_samples_alone(base_run, compare):
     """ILQL on the base run's step-2 samples scored by its reward model (no sampling while it
     trains); its policy is the LM with the β·(Q̂ − V) shift: gold closes >= 40% of the gap."""
-    out, s = _preset_run("ilql", base_run, tmp_path_factory)
+    out, s = _preset_run("ilql", base_run, compare)
     target = s["gold_reward_initial"] + 0.4 * (s["gold_reward_best_of_16"] - s["gold_reward_initial"])
     assert s["gold_reward_final"] >= target, s
     assert np.isfinite(s["kl_to_reference_final"]) and s["kl_to_reference_final"] > 0.1, s
