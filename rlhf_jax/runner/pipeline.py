@@ -40,6 +40,7 @@ from rlhf_jax.models import get_preset, init_params
 from rlhf_jax.runner import sources
 from rlhf_jax.runner.config_loader import ConfigError
 from rlhf_jax.runner.evaluation import gold_of_samples, kl_of_samples, sample_many
+from rlhf_jax.runner.online import OnlineRounds, check_online, label_comparisons, round_ends
 from rlhf_jax.runner.report import write_report
 from rlhf_jax.runner.rl_stage import (SAMPLES_FILE, RLStage, _copy_tree, _eval_metrics, _log,
                                       _samples_record)
@@ -85,6 +86,7 @@ class Pipeline:
                             has_pretrain_texts=self.src.has_pretrain_texts())
         except ValueError as e:
             raise ConfigError(f"algorithm {cfg.algorithm!r}: {e}") from None
+        check_online(cfg, self.algo)
         if cfg.reward.init == "scratch" and cfg.reward.preset is not None:
             try:
                 get_preset(cfg.reward.preset)
@@ -255,17 +257,7 @@ class Pipeline:
                                   rng=jax.random.fold_in(self.key, 2), n=rc.k, max_new_tokens=self.R,
                                   temperature=rc.sample_temperature, eos_id=self.tok.eos_id,
                                   pad_id=self.tok.pad_id)
-            gold = gold_of_samples(self.src.gold, self.tok, prompts, rc.k, samples)
-            rng = np.random.default_rng([self.cfg.run.seed, 2])
-            L = self.P + self.R
-            data = {"input_ids": samples["sequences"].reshape(len(prompts), rc.k, L),
-                    "attention_mask": samples["sequence_mask"].reshape(len(prompts), rc.k, L),
-                    "gold": gold}
-            if rc.k == 2:
-                data["mu"] = self.src.labelers.pairwise_labels(gold[:, 0], gold[:, 1], tau=rc.tau,
-                                                               tie_eps=rc.tie_eps, rng=rng)
-            else:
-                data["order"] = self.src.labelers.ranking_labels(gold, tau=rc.tau, rng=rng)
+            data = label_comparisons(self, prompts, samples, np.random.default_rng([self.cfg.run.seed, 2]))
         save_npz(path, data)
         self.comparisons = data
         return data
@@ -373,8 +365,14 @@ class Pipeline:
         stage = self.rl_stage(sft_params, rm_params, rm_info)
         iteration = stage.algo.make_iteration(stage.setup, stage.sec)
         state = stage.state
+        self.online = None
+        if self.cfg.online.rounds > 1:
+            self.online = OnlineRounds(self, stage, rm_info)
+            stage.save_at = set(round_ends(stage.sec.iterations, self.cfg.online.rounds))
         for it in range(stage.start, stage.sec.iterations):
             interrupts.check()
+            if self.online is not None:
+                self.online.enter(it, state)  # a new round: new comparisons and reward model
             t0 = time.time()
             state, metrics = iteration(state, stage.frozen, stage.batch(it), stage.hp)
             metrics = to_python(metrics)
@@ -471,6 +469,8 @@ class Pipeline:
             (final["samples"]["tokens"] == self.tok.eos_id) & (final["samples"]["mask"] > 0), axis=1)))
         summary["rl_iteration_time_s"] = self.times.get("rl_iteration_s", float("nan"))
         summary["stage_time_s"] = {k: v for k, v in self.times.items() if k != "rl_iteration_s"}
+        if getattr(self, "online", None) is not None:
+            summary["rounds"] = self.online.finish(final)
         summary["wall_time_s"] = time.time() - t_start
         self.logger.close()
         self.ckpt.close()

@@ -184,6 +184,57 @@ def _samples_section(samples: dict) -> list[str]:
             "temperature).", ""] + rows + [""]
 
 
+def _rounds_section(rounds: list[dict], plots_dir: pathlib.Path | None) -> list[str]:
+    """Iterated online RLHF: one row per round (and a plot of the same)."""
+    def end(r, key):
+        return r.get("end", {}).get(key)
+
+    lines = ["## Rounds (iterated online RLHF)", "",
+             "Each round ends with a held-out evaluation (gold reward, proxy score = the round's own "
+             "normalised reward model, KL to the reference). Before rounds 2.., the reward model's "
+             "accuracy on the held-out part of the newest policy's comparisons, before and after "
+             "it was retrained on all comparisons so far.", "",
+             "| round | iterations | comparisons (new / total) | RM accuracy on newest: before → after "
+             "(labelers' ceiling) | gold reward | proxy score | KL |", "|---|---|---|---|---|---|---|"]
+    for r in rounds:
+        it = r.get("iterations") or ["?", "?"]
+        acc = ("step 2: " + _fmt(r.get("rm_eval_accuracy")) if r["round"] == 1 else
+               f"{_fmt(r.get('rm_accuracy_newest_before'))} → {_fmt(r.get('rm_accuracy_newest_after'))}"
+               + (f" ({_fmt(r['rm_label_ceiling_newest'])})" if r.get("rm_label_ceiling_newest") else ""))
+        lines.append(f"| {r['round']} | {it[0]}–{it[1]} | {_fmt(r.get('comparisons_new'))} / "
+                     f"{_fmt(r.get('comparisons_total'))} | {acc} | {_fmt(end(r, 'eval/gold_reward'))} | "
+                     f"{_fmt(end(r, 'eval/proxy_score'))} | {_fmt(end(r, 'eval/kl'))} |")
+    lines.append("")
+    if plots_dir is not None:
+        import matplotlib.pyplot as plt
+
+        x = [r["round"] for r in rounds]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        for key, label in (("eval/gold_reward", "gold reward"), ("eval/proxy_score", "proxy score"),
+                           ("eval/kl", "KL")):
+            y = [end(r, key) for r in rounds]
+            if any(v is not None for v in y):
+                axes[0].plot(x, [float("nan") if v is None else v for v in y], "o-", label=label)
+        axes[0].set_xlabel("round")
+        axes[0].legend(fontsize=8)
+        later = [r for r in rounds if "rm_accuracy_newest_before" in r]
+        if later:
+            axes[1].plot([r["round"] for r in later], [r["rm_accuracy_newest_before"] for r in later],
+                         "o-", label="before retraining")
+            axes[1].plot([r["round"] for r in later], [r["rm_accuracy_newest_after"] for r in later],
+                         "o-", label="after")
+            axes[1].legend(fontsize=8)
+        axes[1].set_title("RM accuracy on the newest policy's comparisons", fontsize=9)
+        axes[1].set_xlabel("round")
+        for ax in axes:
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(plots_dir / "rounds.png", dpi=110)
+        plt.close(fig)
+        lines += ["![rounds](plots/rounds.png)", ""]
+    return lines
+
+
 def write_report(run_dir: str | os.PathLike, plots: bool = True) -> pathlib.Path:
     """Write ``run_dir/report.md`` and (``plots``) ``run_dir/plots/*.png``; returns the report's path."""
     import matplotlib
@@ -199,8 +250,10 @@ def write_report(run_dir: str | os.PathLike, plots: bool = True) -> pathlib.Path
 
     parts = [f"# Run report: {run_dir.resolve().name}", ""]
     parts += ["## Summary", ""]
-    flat = _flatten(summary)
+    flat = _flatten({k: v for k, v in summary.items() if k != "rounds"})
     parts += [_table(sorted(flat.items()), ("key", "value")) if flat else "_no summary.json_", ""]
+    if summary.get("rounds"):
+        parts += _rounds_section(summary["rounds"], plots_dir if plots else None)
 
     parts += ["## Plots", ""]
     n_plots = 0

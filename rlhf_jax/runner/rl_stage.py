@@ -96,6 +96,7 @@ class RLStage:
         self.eval_prompts = pipe.src.eval_prompts()
         self.e_ids, self.e_mask = encode_prompts(pipe.tok, self.eval_prompts, pipe.P)
         self.iter_times: list[float] = []
+        self.save_at: set[int] = set()  # iterations that always checkpoint (online rounds' ends)
         self.good = self.start or None
         self.responses_per_iteration = n_resp = self.algo.responses_per_iteration(sec, len(ids))
         _log(f"step 3: {cfg.algorithm} for {sec.iterations} iterations of {n_resp} responses"
@@ -123,7 +124,7 @@ class RLStage:
             ev = pipe.evaluate(policy, self.ref_params, self.eval_prompts, self.e_ids,
                                self.e_mask, 1, key=pipe.rl_key, decoder=self.algo.decoder(state, self.hp))
             pipe.logger.log(it + 1, {**_eval_metrics(ev), **self.own_eval(policy)}, stage="eval")
-        if (it + 1) % self.checkpoint_every == 0 or it + 1 == sec.iterations:
+        if (it + 1) % self.checkpoint_every == 0 or it + 1 == sec.iterations or it + 1 in self.save_at:
             pipe.ckpt.save("rl", it + 1, {"rl": get_state()}, {"done": it + 1 == sec.iterations})
             self.good = it + 1
 

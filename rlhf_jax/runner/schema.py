@@ -106,6 +106,16 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+    """Iterated online RLHF (``runner/online.py``): step 3's iterations in ``rounds`` rounds; before
+    each later one the current policy's samples are labelled, the reward model continues on all
+    comparisons so far and is re-normalised, and RL goes on (online DPO: the new pairs are its data)."""
+    rounds: int = _r(1, 1)               # 1: the classic recipe (one reward model)
+    n_prompts: int = _r(0, 0)            # new prompts labelled before each later round (0: reward.n_prompts)
+    rm_epochs: int = _r(0, 0)            # reward-model epochs over all comparisons so far (0: reward.epochs)
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     samples_per_prompt: int = _r(4, 1)   # gold reward of the policy: mean over samples
     best_of_n: int = _r(16, 1)           # best-of-n baseline of the initial policy
@@ -129,7 +139,7 @@ class RunConfig:
 
 _BEFORE = [("model", ModelConfig), ("task", TaskConfig), ("data", DataConfig),
            ("pretrain", PretrainConfig), ("sft", SFTConfig), ("reward", RewardConfig)]
-_AFTER = [("eval", EvalConfig), ("run", RunConfig), ("logging", LoggingConfig)]
+_AFTER = [("online", OnlineConfig), ("eval", EvalConfig), ("run", RunConfig), ("logging", LoggingConfig)]
 
 ALGORITHM_SECTIONS: tuple[str, ...] = tuple(ALGORITHMS.names())
 """One config section per registered algorithm, named after it; only the chosen one is read."""

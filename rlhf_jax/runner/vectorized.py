@@ -54,8 +54,11 @@ def programs(trials: list, log: Callable[[str], None] = _log) -> list[list]:
     """Partition a sweep's trials into vmapped programs (a list of trials each); says which keys
     forced separate programs."""
     groups: dict[str, list] = {}
-    for t in trials:
-        groups.setdefault(program_key(t.cfg)[0], []).append(t)
+    online = [t.name for t in trials if t.cfg.online.rounds > 1]
+    for t in trials:  # (an iterated online run retrains its reward model between rounds: alone)
+        groups.setdefault(program_key(t.cfg)[0] if t.name not in online else json.dumps({"online.rounds": t.name}), []).append(t)
+    if online:
+        log(f"vectorize: {len(online)} trial(s) with online.rounds > 1 run on their own")
     out = list(groups.values())
     if len(out) > 1:
         ref = _flat(json.loads(next(iter(groups))))
@@ -88,6 +91,9 @@ def run_vectorized(cfgs: list) -> list[dict | None]:
     from rlhf_jax.runner.pipeline import Pipeline
     from rlhf_jax.runner.run_reuse import _steps12_id
 
+    if len(cfgs) > 1 and any(c.online.rounds > 1 for c in cfgs):
+        raise ConfigError("run-vectorized: online.rounds > 1 (iterated online RLHF) cannot be "
+                          "vectorised: each run retrains its own reward model between rounds")
     keys = {program_key(c)[0] for c in cfgs}
     if len(keys) > 1:
         raise ConfigError("run-vectorized: the configs differ in keys that cannot be vectorised "
