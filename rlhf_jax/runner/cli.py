@@ -1,8 +1,9 @@
 """Command line: ``python -m rlhf_jax COMMAND ...``.
 
 * ``run CONFIG.yaml [key.path=value ...]`` — one experiment (resumed when its run dir has checkpoints);
-* ``sweep SWEEP.yaml [key.path=value ...] [--workers N] [--launcher local|ray]`` — many runs;
-* ``sample RUN_DIR``, ``export RUN_DIR OUT_DIR``, ``eval RUN_DIR`` — on a finished (or running) run.
+* ``sweep SWEEP.yaml [key.path=value ...] [--workers N] [--launcher local|ray|inline]`` — many runs;
+* ``sample RUN_DIR``, ``export RUN_DIR OUT_DIR``, ``eval RUN_DIR`` — on a finished (or running) run;
+* ``rank RUN_DIR... [--judge gold|rm:RUN_DIR]`` — Elo ratings of several runs' policies.
 
 ``algorithm=NAME`` picks step 3's algorithm from the registry (default ``ppo``); its options live in
 the section of the same name (``algorithm=grpo grpo.group_size=8``).

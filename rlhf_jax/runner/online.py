@@ -6,7 +6,7 @@ each later round r:
 2. it samples ``reward.k`` responses to ``online.n_prompts`` fresh training prompts, which the
    built-in task's simulated labelers rank (or compare, for k = 2) as in step 2;
 3. the reward model continues from the last one on *all* comparisons so far (the train split of
-   every round; ``online.rm_epochs`` epochs), and is re-normalised on all their samples; its
+   every round; ``online.rm_epochs`` epochs, one by default), and is re-normalised on all their samples; its
    accuracy on the held-out part of the newest comparisons is measured before and after;
 4. RL continues from the current policy (and optimiser, critic, KL controller) against the new
    reward model. An algorithm that learns from comparisons directly (the DPO family: online DPO)
@@ -230,7 +230,7 @@ class OnlineRounds:
         train = {k: np.concatenate([p[0][k] for p in parts]) for k in keys}
         newest = parts[-1][1]
         prev = self.rm_round[r - 1]
-        epochs = self.oc.rm_epochs or rc.epochs
+        epochs = self.oc.rm_epochs
         bs = min(rc.batch_size, len(train["input_ids"]))
         steps = epochs * (len(train["input_ids"]) // bs)
         tx = make_optimizer(rc.lr, total_steps=steps, **optimizer_kwargs(rc))

@@ -112,7 +112,8 @@ class OnlineConfig:
     comparisons so far and is re-normalised, and RL goes on (online DPO: the new pairs are its data)."""
     rounds: int = _r(1, 1)               # 1: the classic recipe (one reward model)
     n_prompts: int = _r(0, 0)            # new prompts labelled before each later round (0: reward.n_prompts)
-    rm_epochs: int = _r(0, 0)            # reward-model epochs over all comparisons so far (0: reward.epochs)
+    rm_epochs: int = _r(1, 1)            # reward-model epochs over all comparisons so far, continuing
+    #   from the last one (it has seen the older ones reward.epochs times already: more overfits them)
 
 
 @dataclasses.dataclass(frozen=True)

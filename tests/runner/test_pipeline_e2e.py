@@ -232,7 +232,7 @@ def test_iterated_online_rlhf_retrained_rm_is_better_on_the_newest_policy(base_r
     ~0.69, the old reward model ~0.67; retraining takes it to within 0.02 of the ceiling.)"""
     out, base = base_run
     s = Pipeline(_cfg(str(tmp_path / "online"), f"run.reuse_from={out}", "online.rounds=3",
-                      "online.n_prompts=1000", "online.rm_epochs=1", "ppo.eval_every=30",
+                      "online.n_prompts=1000", "ppo.eval_every=30",
                       "run.plots=false")).run()
     rounds = s["rounds"]
     assert [r["comparisons_total"] for r in rounds] == [6000, 7000, 8000]
