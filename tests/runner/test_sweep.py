@@ -303,3 +303,29 @@ run: {{reuse_from: {shared}}}
     assert not (out / "shared").exists()  # the trials name their steps 1-2 run themselves
     for name in rows:
         assert (out / "trials" / name / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_inline_launcher_records_a_crashing_trial_and_runs_the_rest(tmp_path, monkeypatch, capsys):
+    """``--launcher inline``: trials run in this process; one that raises is recorded as failed
+    with its error line, the others finish, the exit status says so, and a rerun retries only it."""
+    from rlhf_jax.runner import pipeline
+    from rlhf_jax.runner.cli import main
+
+    path = _sweep_file(tmp_path, "  seeds: [0, 1]\n")
+    real = pipeline.run_experiment
+
+    def crash_seed_1(cfg, stop_after=None):
+        if cfg.run.rl_seed == 1:
+            raise RuntimeError("boom in trial seed 1")
+        return real(cfg, stop_after)
+
+    monkeypatch.setattr(pipeline, "run_experiment", crash_seed_1)
+    assert main(["sweep", path, "--launcher", "inline"]) == 1
+    rows = {r["seed"]: r for r in csv.DictReader(open(tmp_path / "out" / "results.csv"))}
+    assert rows["0"]["status"] == "done" and rows["1"]["status"] == "failed"
+    assert "RuntimeError: boom in trial seed 1" in rows["1"]["error"]
+    monkeypatch.setattr(pipeline, "run_experiment", real)
+    capsys.readouterr()
+    assert main(["sweep", path, "--launcher", "inline"]) == 0
+    assert "1 to run" in capsys.readouterr().err
