@@ -68,6 +68,7 @@ class LoadedRun:
     rm_cfg: Any = None
     rm_params: Any = None            # {'backbone', 'head'}
     rm_info: dict | None = None      # reward_model.json: gain, bias, held-out accuracy, ...
+    #   (iterated online RLHF: the newest round's RM, its gain and bias, and ``round``)
     rm_step: int | None = None
     summary: dict | None = None      # summary.json when the run has finished
     policy_decoder: Any = None       # the sampler hook of a policy that is more than its LM
@@ -299,7 +300,14 @@ def _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model, step=None)
         if not ck.steps("reward"):
             raise RunDirError(f"{run_dir}: reward_model.json is there but checkpoints/reward holds "
                               f"no checkpoint of the reward model")
-        restored, meta = ck.restore_newest("reward", template)
+        stage_rm = "reward"
+        for r in range(cfg.online.rounds, 1, -1):  # iterated online RLHF: the newest round's RM
+            rec = read_json(os.path.join(run_dir, "online", f"round{r}.json"), "delete it")
+            if rec is not None and "gain" in rec and ck.steps(f"reward_round{r}"):
+                stage_rm = f"reward_round{r}"
+                rm_info = dict(rm_info, gain=rec["gain"], bias=rec["bias"], round=r)
+                break
+        restored, meta = ck.restore_newest(stage_rm, template)
         rm_params, rm_step = restored["train"].params, int(meta["step"])
     elif not reward_model:
         rm_info = None

@@ -96,6 +96,15 @@ def test_three_rounds_record_each_round(straight):
     assert "## Rounds (iterated online RLHF)" in open(os.path.join(out, "report.md")).read()
     rl = [json.loads(x)["step"] for x in open(os.path.join(out, "metrics.jsonl")) if '"stage": "rl"' in x]
     assert rl == list(range(1, 7))
+    # the commands read the newest round's reward model back
+    from rlhf_jax.runner.commands import evaluate_run
+    from rlhf_jax.runner.run_loader import load_run
+
+    run = load_run(out)
+    assert run.rm_info["round"] == 3 and run.rm_info["gain"] == rounds[-1]["gain"]
+    ev = evaluate_run(run)
+    assert ev["gold_reward"] == pytest.approx(s["gold_reward_final"])
+    assert ev["rm_normalized"] == pytest.approx(s["proxy_score_final"], abs=1e-5)
 
 
 @pytest.mark.slow
