@@ -107,7 +107,7 @@ def rm_accuracy(rm_cfg, params, evals: dict) -> float:
     return ranking_accuracy(scores, evals["order"])
 
 
-def _ceiling(evals: dict) -> float | None:
+def label_ceiling_of(evals: dict) -> float | None:
     """The accuracy of the gold reward itself on the labels (the noisy labelers' ceiling)."""
     if "gold" not in evals:
         return None
@@ -263,7 +263,7 @@ class OnlineRounds:
                "comparisons_new": len(data["input_ids"]) if data is not None else None,
                "comparisons_total": int(sum(len(d["input_ids"]) for d in rounds)),
                "rm_accuracy_newest_before": before, "rm_accuracy_newest_after": after,
-               "rm_label_ceiling_newest": _ceiling(newest), "gain": gain, "bias": bias}
+               "rm_label_ceiling_newest": label_ceiling_of(newest), "gain": gain, "bias": bias}
         write_json(self._path(r), rec)
         pipe.logger.log(self.ends[r - 2], {"online/round": r, "online/rm_accuracy_newest_before": before,
                                            "online/rm_accuracy_newest_after": after,
@@ -285,7 +285,7 @@ class OnlineRounds:
         st.setup = setup
         st.frozen = frozen_inputs(setup, st.ref_params,
                                   {"gain": norm[0], "bias": norm[1]} if norm is not None else
-                                  {k: v for k, v in st.frozen["norm"].items()})
+                                  dict(st.frozen["norm"]))
 
     def finish(self, final: dict) -> list[dict]:
         """Record the final evaluation as the last round's end; all rounds' records."""

@@ -25,8 +25,7 @@ from rlhf_jax import interrupts
 from rlhf_jax.algorithms.loop import supervised_loop
 from rlhf_jax.algorithms.registry import ALGORITHMS
 from rlhf_jax.algorithms.reward_model import (init_reward_model, make_rm_loss, normalization,
-                                              pairwise_accuracy, ranking_accuracy, score_in_batches,
-                                              split_comparisons)
+                                              score_in_batches, split_comparisons)
 from rlhf_jax.algorithms.sft import make_lm_loss
 from rlhf_jax.algorithms.step import DegenerateError, TrainingError, make_train_step
 from rlhf_jax.algorithms.sections import optimizer_kwargs
@@ -40,7 +39,8 @@ from rlhf_jax.models import get_preset, init_params
 from rlhf_jax.runner import sources
 from rlhf_jax.runner.config_loader import ConfigError
 from rlhf_jax.runner.evaluation import gold_of_samples, kl_of_samples, sample_many
-from rlhf_jax.runner.online import OnlineRounds, check_online, label_comparisons, round_ends
+from rlhf_jax.runner.online import (OnlineRounds, check_online, label_ceiling_of, label_comparisons,
+                                    rm_accuracy, round_ends)
 from rlhf_jax.runner.report import write_report
 from rlhf_jax.runner.rl_stage import (SAMPLES_FILE, RLStage, _copy_tree, _eval_metrics, _log,
                                       _samples_record)
@@ -301,17 +301,10 @@ class Pipeline:
         if info is None:
             k, L = data["input_ids"].shape[1:]
             flat = lambda d, key: d[key].reshape(-1, L)  # noqa: E731
-            ev_scores = score_in_batches(rm_cfg, rm_params, flat(evals, "input_ids"),
-                                         flat(evals, "attention_mask")).reshape(-1, k)
-            info = {}
-            if "mu" in evals:
-                info["rm_eval_accuracy"] = pairwise_accuracy(ev_scores, evals["mu"])
-                if "gold" in evals:
-                    info["rm_label_ceiling"] = self.src.labelers.label_ceiling(
-                        evals["gold"][:, 0], evals["gold"][:, 1], evals["mu"])
-            else:
-                info["rm_eval_accuracy"] = ranking_accuracy(ev_scores, evals["order"])
-                info["rm_label_ceiling"] = ranking_accuracy(evals["gold"], evals["order"])
+            info = {"rm_eval_accuracy": rm_accuracy(rm_cfg, rm_params, evals)}
+            ceiling = label_ceiling_of(evals)
+            if ceiling is not None:
+                info["rm_label_ceiling"] = ceiling
             # Normalise on samples of the initial policy (Ziegler 2019) / reference responses
             # (Stiennon 2020): the comparison data are exactly such samples (chosen ones first).
             all_scores = score_in_batches(rm_cfg, rm_params, flat(data, "input_ids"),

@@ -213,7 +213,7 @@ def rank_sweep(sweep) -> dict | None:
         return None
     key = {"trials": [t.name for t in done], "settings": config_to_dict(rc)}
     path = _rank_file(sweep)
-    old = read_json(str(path), "delete it to rank again") if path.exists() else None
+    old = _read_rank(sweep)
     if old is not None and old.get("key") == key:
         return old
     from rlhf_jax.runner.sweep import _log
@@ -226,14 +226,10 @@ def rank_sweep(sweep) -> dict | None:
     return result
 
 
-def _elo_by_trial(sweep) -> dict[str, dict]:
-    """{trial directory: player} of the newest ranking, if any."""
+def _read_rank(sweep) -> dict | None:
+    """The newest ranking of the sweep's final policies (None when there is none)."""
     path = _rank_file(sweep)
-    res = read_json(str(path), "delete it to rank again") if path.exists() else None
-    if not res:
-        return {}
-    return {os.path.abspath(p["run_dir"]): p for p in res["players"]
-            if not p["name"].startswith("reference (")}
+    return read_json(str(path), "delete it to rank again") if path.exists() else None
 
 
 def write_sweep_report(sweep) -> pathlib.Path:
@@ -242,7 +238,9 @@ def write_sweep_report(sweep) -> pathlib.Path:
     plots = root / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     rows = trial_rows(sweep)
-    elo_of = _elo_by_trial(sweep)
+    ranking = _read_rank(sweep)
+    elo_of = {os.path.abspath(p["run_dir"]): p for p in (ranking or {}).get("players", [])
+              if not p["name"].startswith("reference (")}
     for r, t in zip(rows, sweep.trials):
         p = elo_of.get(os.path.abspath(sweep.trial_dir(t))) if r["status"] == "done" else None
         if p is not None:
@@ -279,14 +277,13 @@ def write_sweep_report(sweep) -> pathlib.Path:
     for png in _plots(rows, by_config, plots):
         lines += ["", f"![{png}](plots/{png})"]
     if elo_of:
-        res = read_json(str(_rank_file(sweep)), "delete it to rank again")
         from rlhf_jax.runner.rank import rank_table
 
         lines += ["", "## Elo of the final policies", "",
                   "Every finished trial's final policy against every other on the same held-out prompts "
                   "(the Elo column above is the mean over seeds ± 95% interval; "
                   f"[{RANK_DIR}/rank.md]({RANK_DIR}/rank.md) has each trial's bootstrap interval).", ""]
-        lines += rank_table(res)[:1] + ["", f"![elo]({RANK_DIR}/elo.png)", "",
+        lines += rank_table(ranking)[:1] + ["", f"![elo]({RANK_DIR}/elo.png)", "",
                                         f"![win rate]({RANK_DIR}/win_rate.png)"]
     failed = [r for r in rows if r["status"] in ("failed", "invalid", "interrupted")]
     if failed:
