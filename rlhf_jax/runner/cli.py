@@ -69,11 +69,12 @@ def _parser() -> argparse.ArgumentParser:
                      help="stop after step 2 and the initial evaluation: a run other runs can start "
                           "from with run.reuse_from (a sweep builds its shared steps 1-2 this way)")
     run.set_defaults(handler=_run_command)
-    from rlhf_jax.runner import commands, rank, sweep
+    from rlhf_jax.runner import commands, overopt, rank, sweep
 
     sweep.add_parser(sub)
     commands.add_parsers(sub)
     rank.add_parser(sub)
+    overopt.add_parser(sub)
     return parser
 
 

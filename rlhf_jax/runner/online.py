@@ -4,7 +4,8 @@ each later round r:
 
 1. the current policy is evaluated (held-out gold reward, proxy score, KL: the end of round r − 1);
 2. it samples ``reward.k`` responses to ``online.n_prompts`` fresh training prompts, which the
-   built-in task's simulated labelers rank (or compare, for k = 2) as in step 2;
+   built-in task's simulated labelers rank (or compare, for k = 2) as in step 2 — or, with
+   ``online.preferences``, the round's comparisons are the pairs of the next file of that list;
 3. the reward model continues from the last one on *all* comparisons so far (the train split of
    every round; ``online.rm_epochs`` epochs, one by default), and is re-normalised on all their samples; its
    accuracy on the held-out part of the newest comparisons is measured before and after;
@@ -64,11 +65,23 @@ def check_online(cfg, algo) -> None:
         raise ConfigError(f"online.rounds {R}: iterated online RLHF needs an on-policy algorithm or "
                           f"one of the DPO family (online DPO); {cfg.algorithm!r} learns from step "
                           f"2's logged responses only")
-    if cfg.task.name is None or cfg.data.preferences:
+    files = cfg.online.preferences
+    if files:
+        if len(files) != R - 1:
+            raise ConfigError(f"online.preferences: {len(files)} file(s) for {R - 1} later round(s) "
+                              f"(online.rounds {R}): give one preference file per round after the first")
+        if cfg.online.n_prompts:
+            raise ConfigError(f"online.n_prompts {cfg.online.n_prompts}: not used when "
+                              f"online.preferences gives the rounds' comparisons; leave it 0")
+        if not cfg.data.preferences and cfg.reward.k != 2:
+            raise ConfigError(f"online.preferences: the files hold pairs, and step 2 ranks reward.k = "
+                              f"{cfg.reward.k} responses per prompt; set reward.k=2 so that every "
+                              f"round's comparisons are pairs")
+    elif cfg.task.name is None or cfg.data.preferences:
         raise ConfigError(f"online.rounds {R}: each later round's comparisons are labelled by the "
                           f"built-in task's simulated labelers, and this run has none (task.name "
-                          f"null or data.preferences set); reading a file of comparisons per round "
-                          f"is not supported yet")
+                          f"null or data.preferences set); name one preference file per later round "
+                          f"in online.preferences instead")
     iterations = algorithm_section(cfg).iterations
     if R > iterations:
         raise ConfigError(f"online.rounds {R}: more rounds than {cfg.algorithm}.iterations "
@@ -200,6 +213,12 @@ class OnlineRounds:
         if kept is not None:
             return kept
         pipe, st, rc = self.pipe, self.stage, self.rc
+        if self.oc.preferences:  # the round's file (read and checked before step 1)
+            f = self.oc.preferences[r - 2]
+            data = pipe.src.preference_arrays(pipe.tok, pipe.P, pipe.R, path=f)
+            _log(f"round {r}: {len(data['input_ids'])} comparisons from {f}")
+            save_npz(path, data)
+            return data
         n = self.oc.n_prompts or rc.n_prompts
         prompts = pipe.src.task.prompts("train", n=n, seed=pipe.rl_seed + ROUND_PROMPT_SEED * r)
         ids, mask = encode_prompts(pipe.tok, prompts, pipe.P)

@@ -153,7 +153,7 @@ class Pipeline:
                 raise ConfigError(f"{d} holds a run with a different config (differs at "
                                   f"{', '.join(diff[:5])}); use another run.out_dir or delete it")
         elif cfg.run.reuse_from:
-            _check_reusable(cfg.run.reuse_from, self.resolved)
+            self.reused = _check_reusable(cfg.run.reuse_from, self.resolved)
         self._read_kept()
         summary = read_json(os.path.join(d, "summary.json"), "delete it to redo the final evaluation")
         return None if self.adopt_config else summary
@@ -175,7 +175,10 @@ class Pipeline:
         os.makedirs(self.run_dir, exist_ok=True)
         cfg_path = os.path.join(self.run_dir, "config.yaml")
         if cfg.run.reuse_from and not os.path.exists(cfg_path):
-            _reuse_stages(cfg.run.reuse_from, self.run_dir)
+            if "reward_model.json" not in self.reused:
+                _log(f"run.reuse_from: reusing step 1 of {cfg.run.reuse_from}; step 2 is made again "
+                     f"(its reward.* settings differ)")
+            _reuse_stages(cfg.run.reuse_from, self.run_dir, self.reused)
             self._read_kept()  # the copied files, verified
         if self.adopt_config or self.rewrite_config or not os.path.exists(cfg_path):
             write_yaml(cfg_path, self.resolved)
@@ -407,6 +410,11 @@ class Pipeline:
         """Steps 1-2 and the initial policy's evaluation (each skipped when already done)."""
         sft_params = self.language_model()
         rm_params, rm_info = self.reward_model(sft_params)
+        return sft_params, rm_params, rm_info, self.initial_evaluation(sft_params)
+
+    def initial_evaluation(self, sft_params) -> dict:
+        """The initial (step-1) policy on the held-out prompts: its gold reward and best-of-n
+        (``eval_initial.json``, kept; logged as the eval stage's step 0)."""
         ec = self.cfg.eval
         eval_prompts = self.src.eval_prompts()
         e_ids, e_mask = encode_prompts(self.tok, eval_prompts, self.P)
@@ -422,7 +430,8 @@ class Pipeline:
                 initial[f"gold_reward_best_of_{ec.best_of_n}"] = float(bo["gold"].max(axis=1).mean())
             write_json(init_path, initial)
             self.logger.log(0, _eval_metrics(ev), stage="eval")
-        return sft_params, rm_params, rm_info, initial
+            self.kept["eval_initial"] = initial
+        return initial
 
     def _write_samples(self, ref_params, final, prompts, ids, mask) -> None:
         """``samples.json``: a few held-out prompts with the reference (SFT) policy's and the final

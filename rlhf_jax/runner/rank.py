@@ -225,10 +225,9 @@ def rank_table(result: dict) -> list[str]:
 
 def plot_rank(result: dict, out_dir: str) -> list[str]:
     """``elo.png`` (ratings with intervals) and ``win_rate.png`` (heatmap), best first."""
-    import matplotlib
+    from rlhf_jax.runner.run_dir import headless_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     ps = sorted(result["players"], key=lambda p: p["rank"])
     idx = [next(i for i, q in enumerate(result["players"]) if q["name"] == p["name"]) for p in ps]

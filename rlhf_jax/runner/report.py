@@ -237,10 +237,9 @@ def _rounds_section(rounds: list[dict], plots_dir: pathlib.Path | None) -> list[
 
 def write_report(run_dir: str | os.PathLike, plots: bool = True) -> pathlib.Path:
     """Write ``run_dir/report.md`` and (``plots``) ``run_dir/plots/*.png``; returns the report's path."""
-    import matplotlib
+    from rlhf_jax.runner.run_dir import headless_pyplot
 
-    matplotlib.use("Agg")
-
+    headless_pyplot()  # (the panels import pyplot themselves)
     run_dir = pathlib.Path(run_dir)
     records = read_metrics(run_dir)
     summary = _read_summary(run_dir / "summary.json")

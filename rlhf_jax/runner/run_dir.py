@@ -123,3 +123,18 @@ def load_npz(path: str, required: tuple[str, ...], fix: str) -> dict | None:
     if len(lengths) > 1:
         raise _corrupt(path, f"arrays of different lengths {sorted(lengths)}", fix)
     return data
+
+
+def headless_pyplot():
+    """``matplotlib.pyplot`` for writing plot files: the non-interactive Agg backend unless pyplot
+    is already in use (a notebook's inline backend, a user's own), which is then left as it is;
+    callers close their figures, so nothing they draw is shown."""
+    import sys
+
+    import matplotlib
+
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -26,25 +26,30 @@ def _diff_keys(a, b, ignore=(), prefix="") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-_REUSED = ("tokenizer", "reward_data.npz", "reward_model.json", "eval_initial.json",
-           "checkpoints/pretrain", "checkpoints/sft", "checkpoints/reward")
+_STEP1 = ("tokenizer", "checkpoints/pretrain", "checkpoints/sft")
+_REUSED = _STEP1 + ("reward_data.npz", "reward_model.json", "eval_initial.json", "checkpoints/reward")
 
 
-def _check_reusable(src: str, resolved: dict) -> None:
-    """Run ``src`` must have finished steps 1-2 with a config that agrees on them."""
+def _check_reusable(src: str, resolved: dict) -> tuple[str, ...]:
+    """Run ``src`` must have finished steps 1-2 with a config that agrees on them; returns what
+    ``run.reuse_from`` copies: steps 1-2 (configs that differ only in step 3's keys), or step 1
+    alone (configs that differ also in ``reward.*`` keys: the reward model is trained again, on
+    the same LM, as a study over reward-model data sizes needs)."""
     src_cfg = os.path.join(src, "config.yaml")
     old = read_yaml(src_cfg, f"run.reuse_from cannot use {src}")
     if old is None:
         raise ConfigError(f"run.reuse_from: no run at {src} (no config.yaml)")
     diff = [k for k in _diff_keys(old, resolved) if not _step3_key(k)]
-    if diff:
+    before = [k for k in diff if not k.startswith("reward.")]
+    if before:
         raise ConfigError(f"run.reuse_from: {src} was made with a different config before step 3 "
-                          f"(differs at {', '.join(diff[:5])})")
-    trains_rm = (resolved.get("reward") or {}).get("train", True)
+                          f"(differs at {', '.join(before[:5])})")
+    trains_rm = (old.get("reward") or {}).get("train", True)
     done = "reward_model.json" if trains_rm else "reward_data.npz"
     if not os.path.exists(os.path.join(src, done)) or (
             trains_rm and read_json(os.path.join(src, done), f"run.reuse_from cannot use {src}") is None):
         raise ConfigError(f"run.reuse_from: {src} has not finished step 2 yet (no {done})")
+    return _STEP1 if diff else _REUSED
 
 
 def _step3_key(key: str) -> bool:
@@ -70,9 +75,10 @@ def _steps12_id(cfg) -> str:
     return hashlib.sha1(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _reuse_stages(src: str, dst: str) -> None:
-    """Copy the finished steps 1-2 artifacts of run ``src`` (checked) into the new run ``dst``."""
-    for name in _REUSED:
+def _reuse_stages(src: str, dst: str, names: tuple[str, ...] = _REUSED) -> None:
+    """Copy the finished artifacts ``names`` (what :func:`_check_reusable` said) of run ``src``
+    into the new run ``dst``."""
+    for name in names:
         a, b = os.path.join(src, name), os.path.join(dst, name)
         if os.path.isdir(a):
             shutil.copytree(a, b, dirs_exist_ok=True)

@@ -114,6 +114,8 @@ class OnlineConfig:
     n_prompts: int = _r(0, 0)            # new prompts labelled before each later round (0: reward.n_prompts)
     rm_epochs: int = _r(1, 1)            # reward-model epochs over all comparisons so far, continuing
     #   from the last one (it has seen the older ones reward.epochs times already: more overfits them)
+    preferences: tuple[str, ...] = ()    # instead of labelling the policy's samples: one preference
+    #   file per later round (rounds - 1 of them, in order; formats as data.preferences)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +136,8 @@ class RunConfig:
     progress: bool = True
     plots: bool = True                   # report.md's plots (a few seconds per run on a CPU)
     # Start from another run's finished steps 1–2 (tokenizer, LM, reward model, initial eval): PPO
-    # variants compared on one reward model. Its config must agree on everything before PPO.
+    # variants compared on one reward model. Its config must agree on everything before step 3;
+    # where it differs only in reward.* keys, step 1 alone is reused and step 2 is made again.
     reuse_from: Optional[str] = None
 
 

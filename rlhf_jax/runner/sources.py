@@ -48,8 +48,11 @@ class Sources:
             path = getattr(cfg.model, key)
             if path is not None and not os.path.isdir(path):
                 raise FileNotFoundError(f"model.{key}: no such directory: {path}")
+        for i, path in enumerate(cfg.online.preferences):
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"online.preferences[{i}]: no such file: {path}")
         self._corpus = None
-        self._prefs = None
+        self._prefs = {}
         self._texts = None
         self._demos = None
         self._tok = None
@@ -64,6 +67,8 @@ class Sources:
             self.demonstrations()
         if self.cfg.data.preferences:
             self.preferences(log)
+        for path in self.cfg.online.preferences:
+            self.preferences(log, path)
         self.rl_prompts()
         self.eval_prompts()
 
@@ -107,25 +112,27 @@ class Sources:
                 self._demos = self.task.demonstrations(self.cfg.sft.n_demonstrations, seed=self.cfg.run.seed)
         return self._demos
 
-    def preferences(self, log=lambda msg: None):
-        """The preference file's pairs, without those whose chosen equals its rejected (they carry
-        no preference); a file left with fewer than 2 pairs is an error."""
-        if self._prefs is None:
-            path = self.cfg.data.preferences
+    def preferences(self, log=lambda msg: None, path: str | None = None):
+        """The pairs of a preference file (default ``data.preferences``; an iterated online run's
+        later rounds name theirs in ``online.preferences``), without those whose chosen equals its
+        rejected (they carry no preference); a file left with fewer than 2 pairs is an error."""
+        key = "data.preferences" if path is None else "online.preferences"
+        path = self.cfg.data.preferences if path is None else path
+        if path not in self._prefs:
             ds = load_preferences(path, format=self.cfg.data.preferences_format)
             keep = [i for i, (c, r) in enumerate(zip(ds["chosen"], ds["rejected"])) if c != r]
             if len(keep) < 2:
                 raise DataError(f"{len(ds) - len(keep)} of {len(ds)} pairs have chosen == rejected; "
                                 f"need at least 2 pairs that differ", file=path)
             if len(keep) < len(ds):
-                log(f"data.preferences: dropped {len(ds) - len(keep)} of {len(ds)} pairs whose chosen "
+                log(f"{key}: dropped {len(ds) - len(keep)} of {len(ds)} pairs whose chosen "
                     f"equals their rejected ({path})")
                 ds = ds.select(keep)
-            self._prefs = ds
-        return self._prefs
+            self._prefs[path] = ds
+        return self._prefs[path]
 
-    def preference_arrays(self, tok, P: int, R: int) -> dict:
-        enc = encode_preferences(tok, self.preferences(), P, R)
+    def preference_arrays(self, tok, P: int, R: int, path: str | None = None) -> dict:
+        enc = encode_preferences(tok, self.preferences(path=path), P, R)
         ids = np.stack([enc["chosen_input_ids"], enc["rejected_input_ids"]], axis=1)
         mask = np.stack([enc["chosen_attention_mask"], enc["rejected_attention_mask"]], axis=1)
         return {"input_ids": ids, "attention_mask": mask, "mu": np.ones(len(ids), np.float32)}

@@ -133,10 +133,9 @@ def _curve(records, stage, key, per_iteration):
 
 
 def _plots(rows: list[dict], by_config: dict, plots: pathlib.Path) -> list[str]:
-    import matplotlib
+    from rlhf_jax.runner.run_dir import headless_pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = headless_pyplot()
 
     out = []
     colors = plt.get_cmap("tab20" if len(by_config) > 10 else "tab10")
@@ -296,3 +295,44 @@ def write_sweep_report(sweep) -> pathlib.Path:
     tmp.write_text("\n".join(lines), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def _cell_value(text: str):
+    if text == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
+
+def read_sweep_dir(sweep_dir: str) -> dict:
+    """A sweep directory read back (for notebooks and scripts; nothing is written): ``rows`` —
+    ``results.csv`` as dicts (numbers parsed, empty cells None); ``curves`` — per trial, the
+    held-out ``gold``, ``proxy`` and ``kl`` evaluations against ``responses`` used so far;
+    ``rank`` — ``rank/rank.json`` (None when the sweep ranks nothing)."""
+    from rlhf_jax.runner.run_dir import RunDirError
+
+    root = pathlib.Path(sweep_dir)
+    path = root / "results.csv"
+    if not path.is_file():
+        raise RunDirError(f"{path}: missing (not a sweep directory, or its report has not been "
+                          f"written yet: rerun the sweep command)")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [{k: _cell_value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    curves = {}
+    for r in rows:
+        d = root / "trials" / str(r["trial"])
+        summary = read_json(str(d / "summary.json"), "delete it") if (d / "summary.json").exists() else None
+        per = (summary or {}).get("responses_per_iteration") or 1
+        records = read_metrics(d) if d.is_dir() else []
+        c = {}
+        for name, (stage, key, _) in zip(("gold", "proxy", "kl"), CURVES):
+            pts = _curve(records, stage, key, per)
+            c[name] = ([x for x in sorted(pts)], [pts[x] for x in sorted(pts)])
+        curves[r["trial"]] = c
+    rank = root / RANK_DIR / "rank.json"
+    return {"rows": rows, "curves": curves,
+            "rank": read_json(str(rank), "delete it to rank again") if rank.exists() else None}

@@ -307,8 +307,8 @@ CASES = {
     "run-tokenizer-corrupt": (_rundir("c_tok", _write("tokenizer", b"garbage")), ["tokenizer", "delete"]),
     "run-reuse-missing": (_over(f"run.reuse_from=/nonexistent/run"), ["run.reuse_from", "/nonexistent/run"]),
     "run-reuse-other-config": (lambda w, b: ([w / "tiny.yaml", f"run.out_dir={w / 'out_reuse'}",
-                                              f"run.reuse_from={b}", "reward.tau=0.3"], w / "out_reuse"),
-                               ["run.reuse_from", "reward.tau"]),
+                                              f"run.reuse_from={b}", "pretrain.lr=0.002"], w / "out_reuse"),
+                               ["run.reuse_from", "pretrain.lr"]),
     "run-checkpoint-truncated": (_rundir("c_ckpt", _truncate_checkpoints("pretrain")),
                                  ["checkpoints/pretrain", "unreadable checkpoint"]),
 }

@@ -42,10 +42,17 @@ def test_round_ends():
 @pytest.mark.parametrize("overrides, needles", [
     (["algorithm=ilql", "online.rounds=2"], ["online.rounds 2", "'ilql'", "logged responses"]),
     (["online.rounds=3", "ppo.iterations=2"], ["online.rounds 3", "more rounds than ppo.iterations (2)"]),
-    (["online.rounds=2", "task.name=null", "data.preferences=prefs.jsonl"], ["simulated labelers"]),
+    (["online.rounds=2", "task.name=null", "data.preferences=prefs.jsonl"],
+     ["simulated labelers", "online.preferences"]),
+    (["online.rounds=3", "online.preferences=[a.jsonl]"], ["online.preferences: 1 file(s) for 2 later round(s)"]),
+    (["online.rounds=2", "online.preferences=[a.jsonl]", "online.n_prompts=10"],
+     ["online.n_prompts 10", "leave it 0"]),
+    (["online.rounds=2", "online.preferences=[a.jsonl]", "reward.k=4"], ["reward.k = 4", "reward.k=2"]),
 ])
 def test_checked_before_compute(overrides, needles, tmp_path):
-    cfg = _cfg(str(tmp_path / "r"), *overrides)
+    given = {o.split("=")[0] for o in overrides}
+    cfg = load_config(ExperimentConfig, QUICKSTART, [f"run.out_dir={tmp_path / 'r'}", *overrides,
+                                                     *[t for t in TINY if t.split("=")[0] not in given]])
     with pytest.raises(ConfigError) as e:
         online.check_online(cfg, ALGORITHMS.get(cfg.algorithm))
     for n in needles:

@@ -107,6 +107,27 @@ def test_compare_sweep_has_every_algorithm(compare):
         assert os.path.getsize(os.path.join(out, png)) > 0, png
 
 
+def test_notebook_02_reads_the_compare_sweep(compare):
+    import pathlib
+
+    sys.path.insert(0, str(pathlib.Path(ROOT) / "tests" / "notebooks"))
+    from nbexec import execute, images_of, outputs_of
+
+    from rlhf_jax.algorithms.registry import ALGORITHMS
+
+    nb = execute("02_compare_algorithms.ipynb", {"SWEEP_DIR": compare[0]})
+    assert images_of(nb) == 3  # learning curves, gold against KL, Elo
+    table, elo = [o["data"]["text/markdown"] for o in outputs_of(nb) if "text/markdown" in o.get("data", {})]
+    assert table.count("\n") == 1 + len(ALGORITHMS.names())  # header, rule, one row per algorithm
+    # ranked by gold: the first row's gold is the sweep's best
+    import csv
+
+    rows = list(csv.DictReader(open(os.path.join(compare[0], "results.csv"))))
+    best = max(rows, key=lambda r: float(r["gold_reward_final"]))
+    assert table.splitlines()[2].startswith(f"| algorithm={best['algorithm']} |")
+    assert elo.count("\n") == 1 + len(rows) + 1  # every trial and the reference
+
+
 def test_reward_model_near_label_ceiling(base_run):
     _, s = base_run
     assert s["rm_eval_accuracy"] >= s["rm_label_ceiling"] - 0.05, s

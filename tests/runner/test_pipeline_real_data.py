@@ -122,3 +122,38 @@ def test_dpo_from_a_trl_preference_file_without_a_reward_model(hf_dir, tmp_path)
     ev = [r for r in rows if r["stage"] == "eval" and "eval/implicit_accuracy" in r]
     assert [r["step"] for r in ev] == [10, 20, 30]
     assert os.path.exists(os.path.join(out, "report.md"))
+
+
+def test_iterated_online_rounds_read_a_list_of_preference_files(hf_dir, tmp_path):
+    """online.preferences: each later round's comparisons are the next file's pairs (no labelers,
+    no gold); the reward model continues on all of them so far."""
+    from rlhf_jax.data import encode_preferences, load_preferences, load_tokenizer
+
+    rng = np.random.default_rng(4)
+
+    def pairs(n, name):
+        return _write_jsonl(tmp_path / name, [{"prompt": _sentence(rng, 5), "chosen": f" {_sentence(rng, 3)} good",
+                                               "rejected": f" {_sentence(rng, 3)} bad"} for _ in range(n)])
+
+    step2, later = pairs(40, "round1.jsonl"), [pairs(20, "round2.jsonl"), pairs(30, "round3.jsonl")]
+    out = str(tmp_path / "run")
+    cfg = load_config(ExperimentConfig, os.path.join(ROOT, "experiments", "quickstart.yaml"),
+                      [f"model.pretrained={hf_dir}", "task.name=null", f"data.preferences={step2}",
+                       f"run.out_dir={out}", "data.max_prompt_len=12", "data.max_response_len=8",
+                       "online.rounds=3", f"online.preferences=[{later[0]},{later[1]}]",
+                       *[t for t in TINY if t != "ppo.iterations=3"], "ppo.iterations=6"])
+    summary = Pipeline(cfg).run()
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert [r["comparisons_new"] for r in rounds] == [40, 20, 30]
+    assert [r["comparisons_total"] for r in rounds] == [40, 60, 90]
+    for r in rounds[1:]:
+        assert 0.0 <= r["rm_accuracy_newest_before"] <= 1.0 and 0.0 <= r["rm_accuracy_newest_after"] <= 1.0
+        assert r["rm_label_ceiling_newest"] is None  # no gold reward: no labelers' ceiling
+        assert "gold_reward" not in json.dumps(r["end"])
+    tok = load_tokenizer(os.path.join(hf_dir))
+    for i, path in enumerate(later, 2):
+        enc = encode_preferences(tok, load_preferences(path), 12, 8)
+        with np.load(os.path.join(out, "online", f"comparisons_round{i}.npz")) as z:
+            np.testing.assert_array_equal(z["input_ids"][:, 0], enc["chosen_input_ids"])
+            np.testing.assert_array_equal(z["input_ids"][:, 1], enc["rejected_input_ids"])
