@@ -9,7 +9,7 @@ starts from the same policy. Each run then trains its policy against its own rew
 periodic held-out evaluations (``<algorithm>.eval_every``) give the RL curve: gold reward, proxy
 score (the normalised RM score) and KL to the reference, measured on the policy's samples.
 
-Best-of-n needs no training: ``--bon-samples`` N responses of the initial policy to each held-out
+Best-of-n needs no training: ``--bon-samples`` N responses (default 4·``--n-max``) of the initial policy to each held-out
 prompt, scored by the gold labeler and by every reward model, give the unbiased best-of-n estimate
 for n = 1, 2, 4, ... ``--n-max`` at the analytic KL ``log n − (n − 1)/n``
 (``metrics/overoptimization.py``). Gold gains over the initial policy are fitted with
@@ -48,9 +48,9 @@ def _log(msg: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class StudyOptions:
-    sizes: tuple[int, ...] = (100, 400, 1600)  # reward.n_prompts of each reward model
+    sizes: tuple[int, ...] = (200, 800, 2400)  # reward.n_prompts of each reward model
     n_max: int = 256                           # best-of-n for n = 1, 2, 4, ... n_max
-    bon_samples: int | None = None             # responses per prompt for best-of-n (default n_max)
+    bon_samples: int | None = None             # responses per prompt for best-of-n (default 4·n_max)
     prompts: int | None = None                 # held-out prompts for best-of-n (default: all)
 
     @property
@@ -60,7 +60,7 @@ class StudyOptions:
 
     @property
     def n_samples(self) -> int:
-        return self.n_max if self.bon_samples is None else self.bon_samples
+        return 4 * self.n_max if self.bon_samples is None else self.bon_samples
 
 
 def check_options(opts: StudyOptions) -> None:
@@ -107,9 +107,11 @@ def study_configs(config: str, overrides: list[str], opts: StudyOptions, out: st
     for size in opts.sizes:
         run_dir = os.path.join(out, f"rm_{size}")
         extra = [f"reward.n_prompts={size}", f"run.out_dir={run_dir}"]
-        if first is not None:
+        given = list(overrides)
+        if first is not None:  # step 1 of the first run (which may itself reuse a given run's)
             extra.append(f"run.reuse_from={first}")
-        cfgs.append((size, load_config(ExperimentConfig, config, list(overrides) + extra)))
+            given = [o for o in given if o.split("=", 1)[0].strip() != "run.reuse_from"]
+        cfgs.append((size, load_config(ExperimentConfig, config, given + extra)))
         first = first or run_dir
     return out, cfgs
 
@@ -219,7 +221,7 @@ def analyse(cfgs, opts: StudyOptions, bon: dict) -> dict:
             "bon_samples": opts.n_samples, "prompts": int(bon["gold"].shape[0]), "rows": rows}
 
 
-def overoptimization_study(config: str, overrides: list[str] = (), *, sizes=(100, 400, 1600),
+def overoptimization_study(config: str, overrides: list[str] = (), *, sizes=(200, 800, 2400),
                            n_max: int = 256, bon_samples: int | None = None,
                            prompts: int | None = None, out: str | None = None,
                            plots: bool = True) -> dict:
@@ -321,7 +323,7 @@ def _sizes(text: str) -> tuple[int, ...]:
         return tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
         raise ConfigError(f"--sizes {text!r}: expected comma-separated numbers of prompts, e.g. "
-                          f"100,400,1600") from None
+                          f"200,800,2400") from None
 
 
 def _command(args) -> int:
@@ -343,11 +345,11 @@ def add_parser(sub) -> None:
                        description=__doc__.split("\n\n")[1].replace("``", ""))
     p.add_argument("config", help="experiment YAML file (e.g. experiments/overoptimization.yaml)")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides for every run")
-    p.add_argument("--sizes", default="100,400,1600", metavar="S1,S2,...",
-                   help="reward.n_prompts of each reward model (default 100,400,1600)")
+    p.add_argument("--sizes", default="200,800,2400", metavar="S1,S2,...",
+                   help="reward.n_prompts of each reward model (default 200,800,2400)")
     p.add_argument("--n-max", type=int, default=256, metavar="N", help="best-of-n up to n = N (default 256)")
     p.add_argument("--bon-samples", type=int, default=None, metavar="M",
-                   help="initial-policy samples per prompt for best-of-n (default: --n-max)")
+                   help="initial-policy samples per prompt for best-of-n (default: 4 x --n-max)")
     p.add_argument("--prompts", type=int, default=None, metavar="P",
                    help="the first P held-out prompts for best-of-n (default: all)")
     p.add_argument("--out", default=None, metavar="DIR", help="study directory (default: the config's run.out_dir)")

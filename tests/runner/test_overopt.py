@@ -37,7 +37,8 @@ SIZES, N_MAX = (20, 40, 80), 8
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("overopt") / "study"
-    return overoptimization_study(QUICKSTART, TINY, sizes=SIZES, n_max=N_MAX, out=str(out)), out
+    return overoptimization_study(QUICKSTART, TINY, sizes=SIZES, n_max=N_MAX, bon_samples=N_MAX,
+                                  out=str(out)), out
 
 
 def test_the_study_writes_its_files_and_shares_step_1(study):
@@ -103,7 +104,8 @@ def test_a_rerun_reads_everything_back(study):
     result, out = study
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "checkpoints" in p.parts}
     bon = (out / BON_FILE).stat().st_mtime_ns
-    again = overoptimization_study(QUICKSTART, TINY, sizes=SIZES, n_max=N_MAX, out=str(out), plots=False)
+    again = overoptimization_study(QUICKSTART, TINY, sizes=SIZES, n_max=N_MAX, bon_samples=N_MAX,
+                                   out=str(out), plots=False)
     assert again == result
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps and (out / BON_FILE).stat().st_mtime_ns == bon
 
@@ -133,7 +135,8 @@ def test_the_command_prints_the_table_and_refuses_bad_sizes(study, tmp_path):
     cmd = [sys.executable, "-m", "rlhf_jax", "overoptimization", QUICKSTART, *TINY]
     bad = subprocess.run(cmd + ["--sizes", "10,x"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "error: --sizes '10,x'" in bad.stderr
-    ok = subprocess.run(cmd + ["--sizes", ",".join(map(str, SIZES)), "--n-max", str(N_MAX), "--out", str(out)],
+    ok = subprocess.run(cmd + ["--sizes", ",".join(map(str, SIZES)), "--n-max", str(N_MAX), "--bon-samples",
+                               str(N_MAX), "--out", str(out)],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert sum(line.startswith("| ") for line in ok.stdout.splitlines()) == len(SIZES) + 1
@@ -143,7 +146,8 @@ def test_the_command_prints_the_table_and_refuses_bad_sizes(study, tmp_path):
 def test_notebook_03_runs_on_the_study(study):
     result, out = study
     nb = execute("03_reward_overoptimization.ipynb", {"CONFIG": QUICKSTART, "OVERRIDES": TINY,
-                                                      "SIZES": SIZES, "N_MAX": N_MAX, "OUT": str(out)})
+                                                      "SIZES": SIZES, "N_MAX": N_MAX, "BON_SAMPLES": N_MAX,
+                                                      "OUT": str(out)})
     assert images_of(nb) == 2
     md = [o["data"]["text/markdown"] for o in outputs_of(nb) if "text/markdown" in o.get("data", {})]
     assert md and all(f"| {s} |" in md[0] for s in SIZES)
