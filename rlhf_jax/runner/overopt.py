@@ -27,23 +27,19 @@ import dataclasses
 import json
 import math
 import os
-import sys
 
 import numpy as np
 
 from rlhf_jax.metrics import overoptimization as oo
 from rlhf_jax.metrics.logger import read_metrics
 from rlhf_jax.runner.config_loader import ConfigError, load_config
-from rlhf_jax.runner.run_dir import RunDirError, load_npz, save_npz, write_json
+from rlhf_jax.runner.rl_stage import _log
+from rlhf_jax.runner.run_dir import RunDirError, load_npz, read_json, save_npz, write_json
 
 STUDY_FILE, TABLE_FILE, PLOT_FILE, BON_FILE = ("overoptimization.json", "overoptimization.md",
                                                "overoptimization.png", "bon_samples.npz")
 BON_RNG = 11
 """``jax.random.fold_in(PRNGKey(run.seed), 11)``: the key of the best-of-n samples."""
-
-
-def _log(msg: str) -> None:
-    print(f"[rlhf_jax] {msg}", file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,8 +192,6 @@ def _fit(form: str, curve: dict, gold0: float) -> dict:
 
 def analyse(cfgs, opts: StudyOptions, bon: dict) -> dict:
     """Every size's best-of-n and RL curves, fits and RL peak (a JSON-able dict)."""
-    from rlhf_jax.runner.run_dir import read_json
-
     ns = opts.ns
     d_bon = np.sqrt(oo.bon_kl(ns)).tolist()
     rows = []
