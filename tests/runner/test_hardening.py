@@ -3,12 +3,12 @@ exit 2, before anything is written; a diverging run stops with exit 3 and resume
 SIGINT in every stage exits 130 and the rerun resumes; a finished run rerun changes nothing.
 
 One tiny run (module fixture) is the source of every run-directory case: each case works on a
-copy of it. The bad-input cases run two at a time (each is its own ``python -m rlhf_jax``).
+copy of it. The bad-input cases go through the CLI's ``main`` one after another in one
+interpreter (``cli_batch.py``), each with its own captured stdout and stderr.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import os
@@ -42,14 +42,32 @@ _CACHE = {"JAX_COMPILATION_CACHE_DIR": None, "JAX_PERSISTENT_CACHE_MIN_COMPILE_T
 
 
 def _env():
-    return dict(os.environ, RLHF_JAX_NO_PROGRESS="1", PYTHONPATH=ROOT,
+    # PYTHONFAULTHANDLER: a process that has to be stopped for running too long prints its stacks.
+    return dict(os.environ, RLHF_JAX_NO_PROGRESS="1", PYTHONPATH=ROOT, PYTHONFAULTHANDLER="1",
                 **{k: v for k, v in _CACHE.items() if v is not None})
 
 
+def _run(cmd, timeout):
+    """``subprocess.run`` that, past ``timeout``, stops the process with SIGABRT (so it dumps every
+    thread's stack) and fails with the end of what it printed."""
+    p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGABRT)
+        try:
+            out, err = p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate()
+        raise AssertionError(f"{' '.join(map(str, cmd))} ran past {timeout} s; its stderr ends:\n"
+                             f"{err[-6000:]}") from None
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
 def cli(*args, timeout=600):
-    env = _env()
-    return subprocess.run([sys.executable, "-m", "rlhf_jax", "run", *map(str, args)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return _run([sys.executable, "-m", "rlhf_jax", "run", *map(str, args)], timeout)
 
 
 def tree_digest(path) -> dict:
@@ -317,21 +335,23 @@ LATE = {"run-checkpoint-truncated"}  # found when the stage restores: its progre
 
 @pytest.fixture(scope="module")
 def results(work, base_run):
-    """Every case through the CLI, two at a time; {id: (proc, digest before, digest after, dir)}."""
+    """Every case through the CLI's ``main``, one after another in one interpreter (cli_batch.py:
+    what each prints is captured at the descriptor level); {id: (proc, digest before, digest
+    after, dir)}."""
     built = {}
     for name, (build, _) in CASES.items():
         args, watch = build(work, base_run)
         args = [str(a).replace("__TOK__", str(_tok(base_run))) for a in args]
         built[name] = (args, watch, tree_digest(watch) if watch else None)
-
-    def one(name):
-        args, watch, before = built[name]
-        t0 = time.time()
-        proc = cli(*args, timeout=300)
-        return name, (proc, before, tree_digest(watch) if watch else None, watch, time.time() - t0)
-
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        return dict(pool.map(one, CASES))
+    spec, out = work / "cases.json", work / "case_results.json"
+    spec.write_text(json.dumps([[name, args] for name, (args, _, _) in built.items()]))
+    batch = _run([sys.executable, os.path.join(ROOT, "tests", "runner", "cli_batch.py"), spec, out, "120"],
+                 timeout=900)
+    assert batch.returncode == 0, batch.stderr[-6000:]
+    got = json.loads(out.read_text())
+    return {name: (subprocess.CompletedProcess(args, got[name]["rc"], got[name]["stdout"], got[name]["stderr"]),
+                   before, tree_digest(watch) if watch else None, watch)
+            for name, (args, watch, before) in built.items()}
 
 
 def test_there_are_at_least_60_cases():
@@ -340,7 +360,7 @@ def test_there_are_at_least_60_cases():
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_fails_in_one_line(results, name):
-    proc, before, after, watch, seconds = results[name]
+    proc, before, after, watch = results[name]
     assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
