@@ -35,7 +35,7 @@ def main(argv=None):
     import jax.numpy as jnp
     import numpy as np
 
-    from rlhf_jax.models import cpu_kernels
+    from rlhf_jax.models import attention, cpu_kernels
 
     isa = cpu_kernels.native_isa()
     print(f"jax {jax.__version__}; cores {os.cpu_count()}; native kernel: {isa or 'unavailable'}")
@@ -80,8 +80,8 @@ def main(argv=None):
         return jax.jit(run)
 
     plain = attention_chain(lambda q, k, v, allowed: q)
-    xla_attn = attention_chain(cpu_kernels.attention_reference)
-    native_attn = attention_chain(cpu_kernels.attention)
+    xla_attn = attention_chain(attention.attention_reference)
+    native_attn = attention_chain(attention.attention)
     for name, (b, kh, g, h) in {"tiny": (8, 4, 1, 16), "gpt2-small": (8, 12, 1, 64)}.items():
         for s in (64, 160):
             q = jnp.asarray(rng.standard_normal((b, 1, kh, g, h), np.float32))  # one query position

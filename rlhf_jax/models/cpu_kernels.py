@@ -4,12 +4,15 @@
   ``MAX_ROWS`` float32 rows on CPU it calls the XLA FFI target ``rlhf_cpu_linear``: a kernel that
   prefetches the next weight rows while multiplying the current ones, ≈1.5x XLA:CPU's dot on a
   GPT-2-small decode step (``experiments/bench_cpu_linear.py``).
-- ``attention(q, k, v, allowed)``: the model's masked softmax attention. A decode step (one query
-  position per row against the KV cache) is one call (``rlhf_cpu_decode_attention``) instead of
-  two batched dots and the mask/softmax ops.
+- ``decode_attention(q, k, v, allowed)``: one decode step's attention (one query position per
+  row against the KV cache) as one call (``rlhf_cpu_decode_attention``) instead of two batched
+  dots and the mask/softmax ops. The attention maths itself lives in ``attention.py``, which
+  calls this only where ``decode_attention_applies``.
 
-Everything else (more rows, other dtypes, GPU/TPU) runs the pure-JAX version, and gradients always
-do (``custom_vjp``). Results equal the pure-JAX ones up to float32 summation order (``cpu_kernels.cc``
+This is an optional CPU backend: it is used only when JAX's default backend is the CPU (checked
+before any build is attempted, so an accelerator host never invokes a compiler). Everything else
+(more rows, other dtypes, GPU/TPU) runs the pure-JAX version, and gradients always do
+(``custom_vjp``). Results equal the pure-JAX ones up to float32 summation order (``cpu_kernels.cc``
 for the kernels; ``tests/models/test_cpu_kernels.py`` for the checks).
 
 The kernels are compiled with the system's C++ compiler on first use (≈6 s) and cached under
@@ -36,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 import numpy as np
+
+from rlhf_jax.models.attention import attention_reference
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,8 @@ def _compile(out: Path) -> None:
 def _library() -> tuple[int, str] | None:
     """Build (once), load and register the kernels; ``(isa, path)``, or None when unavailable."""
     if os.environ.get("RLHF_JAX_NATIVE", "1") == "0":
+        return None
+    if jax.default_backend() != "cpu":  # an accelerator host: never look for a compiler
         return None
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None
@@ -162,20 +169,6 @@ def linear(x, w):
     return _rows_matmul(x.reshape(rows, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[0])
 
 
-_NEG = -1e30  # finite "minus infinity": a row with no allowed key averages all values, never NaN
-
-
-def attention_reference(q, k, v, allowed):
-    """softmax(q·kᵀ/√H over allowed keys) v in plain JAX. q ``[B, T, K, G, H]`` (G query heads per KV
-    head), k and v ``[B, K, S, H]``, allowed ``[B, T, S]`` (bool) → ``[B, T, K, G, H]``; scores and
-    softmax in float32."""
-    h = q.shape[-1]
-    scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k).astype(jnp.float32) / jnp.sqrt(h).astype(jnp.float32)
-    scores = jnp.where(allowed[:, None, None], scores, _NEG)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return jnp.einsum("BKGTS,BKSH->BTKGH", probs, v)
-
-
 def _one_position_reference(q, k, v, allowed):
     """``attention_reference`` for one query position: q ``[B, K, G, H]``, allowed ``[B, S]``."""
     return attention_reference(q[:, None], k, v, allowed[:, None])[:, 0]
@@ -192,13 +185,15 @@ def native_decode_attention(q, k, v, allowed, isa: str | None = None):
 
 
 @jax.custom_vjp
-def _decode_attention(q, k, v, allowed):
+def decode_attention(q, k, v, allowed):
+    """One decode step's attention (q ``[B, K, G, H]``, allowed ``[B, S]``): the native kernel when
+    the computation runs on the CPU, ``attention_reference`` elsewhere and for gradients."""
     return jax.lax.platform_dependent(q, k, v, allowed, cpu=native_decode_attention,
                                       default=_one_position_reference)
 
 
 def _attn_fwd(q, k, v, allowed):
-    return _decode_attention(q, k, v, allowed), (q, k, v, allowed)
+    return decode_attention(q, k, v, allowed), (q, k, v, allowed)
 
 
 def _attn_bwd(res, g):
@@ -207,13 +202,11 @@ def _attn_bwd(res, g):
     return (*pullback(g), None)
 
 
-_decode_attention.defvjp(_attn_fwd, _attn_bwd)
+decode_attention.defvjp(_attn_fwd, _attn_bwd)
 
 
-def attention(q, k, v, allowed):
-    """``attention_reference``; a decode step (one query position, float32) on CPU runs the native
-    kernel when it is available."""
-    if (q.shape[1] != 1 or not (q.dtype == k.dtype == v.dtype == jnp.float32) or q.size == 0
-            or _library() is None):
-        return attention_reference(q, k, v, allowed)
-    return _decode_attention(q[:, 0], k, v, allowed[:, 0])[:, None]
+def decode_attention_applies(q, k, v) -> bool:
+    """Whether ``decode_attention`` takes the native kernel for these operands (one float32 query
+    position, the kernels available): ``attention.attention`` asks before calling it."""
+    return (q.shape[1] == 1 and q.dtype == k.dtype == v.dtype == jnp.float32 and q.size > 0
+            and _library() is not None)

@@ -21,10 +21,16 @@ weight ≈1.3x faster than an ``[in, out]`` one in that regime (``experiments/be
 Queries, keys and values are one kernel, grouped by KV head: for KV head ``k``, rows ``0..G-1`` are
 its ``G`` query heads (query head ``n = k*G + g``), row ``G`` its key and row ``G+1`` its value. One
 matmul instead of three (each call has a fixed cost that dominates small decode matmuls), and the
-``kv_heads`` axis still shards q, k and v consistently. Every weight matmul goes through
-``cpu_kernels.linear`` and attention through ``cpu_kernels.attention``: plain
-JAX, except for float32 decode steps on x86-64 CPUs, which take native kernels (matmuls ≈1.5x and
-attention ≈2x XLA:CPU's there; ``experiments/bench_cpu_linear.py``).
+``kv_heads`` axis still shards q, k and v consistently. Attention is ``attention.attention``
+(``jax.nn.dot_product_attention`` for several query positions: cuDNN flash attention on a GPU
+where it applies; ``cfg.attention`` picks another implementation). Every weight matmul goes
+through ``cpu_kernels.linear``: plain JAX, except for float32 decode steps when the backend is an
+x86-64 CPU, which take the optional native kernels (matmuls ≈1.5x and decode attention ≈2x
+XLA:CPU's there; ``experiments/bench_cpu_linear.py``).
+
+``cfg.remat`` rematerialises each block in the backward pass (``jax.checkpoint`` with the chosen
+policy: activation memory for recomputation); ``cfg.scans_layers`` runs the blocks of an uncached
+forward as one ``lax.scan`` (compile time flat in depth).
 
 Einsum letters: B batch, T query positions, S key positions, D model, N query heads, K kv heads,
 G query heads per kv head, H head dim, F mlp, V vocab.
@@ -38,8 +44,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.config import TransformerConfig
-from rlhf_jax.models.cpu_kernels import attention, linear
+from rlhf_jax.models.attention import attention
+from rlhf_jax.models.config import REMAT_POLICIES, TransformerConfig
+from rlhf_jax.models.cpu_kernels import linear
 
 Array = jax.Array
 
@@ -123,7 +130,7 @@ class Attention(nn.Module):
         q_pos = q_offset + jnp.arange(T)
         causal = jnp.arange(S)[None, :] <= q_pos[:, None]  # [T, S]
         allowed = causal[None, :, :] & (key_mask[:, None, :] > 0)  # [B, T, S]
-        out = attention(qg, k, v, allowed).reshape(B, T, N, H)
+        out = attention(qg, k, v, allowed, cfg.attention).reshape(B, T, N, H)
         wo = _param(self, "o_kernel", init, (D, N, H), ("embed", "heads", "head_dim"), pdt)
         y = linear(out.reshape(B, T, N * H), wo.reshape(D, N * H).astype(dt))
         if cfg.out_bias:
@@ -212,6 +219,8 @@ class Transformer(nn.Module):
             x = x + pos_table.astype(cfg.jnp_dtype)[positions]
 
         new_layers = {}
+        policy = REMAT_POLICIES[cfg.remat]
+        remat = cfg.remat != "none" and cache is None and not self.is_initializing()
         if cfg.scans_layers and cache is None and cfg.n_layers > 1 and not self.is_initializing():
             # One compiled block for every layer: stack the layer weights and scan over them.
             layers = [self.variables["params"][f"layer_{i}"] for i in range(cfg.n_layers)]
@@ -222,11 +231,12 @@ class Transformer(nn.Module):
                 h, _ = block.apply({"params": layer_params}, h, positions, key_mask, 0, None)
                 return h, None
 
-            x, _ = jax.lax.scan(body, x, stacked)
+            x, _ = jax.lax.scan(jax.checkpoint(body, policy=policy) if remat else body, x, stacked)
         else:
+            block_cls = nn.remat(Block, policy=policy) if remat else Block
             for i in range(cfg.n_layers):
                 layer_cache = None if cache is None else cache["layers"][f"layer_{i}"]
-                x, lc = Block(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
+                x, lc = block_cls(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
                 new_layers[f"layer_{i}"] = lc
         hidden = Norm(cfg, name="final_norm")(x)
         out_hidden = hidden[:, -1:] if last_only else hidden

@@ -14,6 +14,7 @@ from rlhf_jax.algorithms.registry import ALGORITHMS
 from rlhf_jax.algorithms.sections import OptimizerFields
 from rlhf_jax.algorithms.sections import ranged as _r
 from rlhf_jax.data.preferences import PREFERENCE_FORMATS
+from rlhf_jax.models.config import ATTENTION, REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +26,12 @@ class ModelConfig:
     d_model: Optional[int] = _r(None, 1)  # override the preset's width (head_dim follows n_heads)
     n_layers: Optional[int] = _r(None, 1)  # override the preset's depth
     max_len: int = _r(64, 8)             # longest sequence the pipeline uses
+    # How the model computes (any model, preset or pretrained; the weights do not change):
+    dtype: str = field(default="float32", metadata={"choices": ("float32", "bfloat16", "float16")})
+    # ^ compute dtype: master weights stay float32, logits and log-probs are float32
+    attention: str = field(default="auto", metadata={"choices": ATTENTION})  # models/attention.py
+    remat: str = field(default="none", metadata={"choices": tuple(REMAT_POLICIES)})  # per-block jax.checkpoint
+    scan_layers: Optional[bool] = None   # blocks as one lax.scan (None: from 4 layers on)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -196,15 +196,17 @@ class Sources:
         """The policy's ``TransformerConfig`` (a Hugging Face directory's config.json, or the preset
         with the ``model.*`` overrides), checked; no weights are read."""
         mc = self.cfg.model
+        compute = {"dtype": mc.dtype, "attention": mc.attention, "remat": mc.remat,
+                   "scan_layers": mc.scan_layers}
         if mc.pretrained:
             from rlhf_jax.checkpoint.hf import read_config
 
-            return read_config(mc.pretrained)
+            return read_config(mc.pretrained).replace(**compute)
         try:
             base = get_preset(mc.preset)
         except KeyError as e:
             raise ConfigError(f"model.preset: {e.args[0]}") from None
-        over = {"vocab_size": vocab_size, "max_len": mc.max_len}
+        over = {"vocab_size": vocab_size, "max_len": mc.max_len, **compute}
         if mc.d_model is not None:
             if mc.d_model % base.n_heads:
                 raise ConfigError(f"model.d_model={mc.d_model} must be a multiple of the {mc.preset!r} "
@@ -222,6 +224,7 @@ class Sources:
         if self.cfg.model.pretrained:
             from rlhf_jax.hf import load_pretrained
 
-            return load_pretrained(self.cfg.model.pretrained)
+            cfg, params = load_pretrained(self.cfg.model.pretrained)
+            return self.model_config(cfg.vocab_size), params
         cfg = self.model_config(tok.vocab_size)
         return cfg, init_params(cfg, rng)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.models import cpu_kernels
+from rlhf_jax.models import attention, cpu_kernels
 
 ISA = cpu_kernels.native_isa()
 needs_kernel = pytest.mark.skipif(ISA is None, reason="native CPU matmul not available here")
@@ -178,7 +178,7 @@ def test_decode_attention_matches_float64(isa, b, kh, g, s, h):
     out = jax.jit(lambda *a: cpu_kernels.native_decode_attention(*a, isa=isa))(q, k, v, jnp.asarray(allowed))
     want = _attention_float64(q, k, v, allowed)
     np.testing.assert_allclose(np.asarray(out), want, atol=2e-5 * np.sqrt(h))
-    ref = cpu_kernels.attention_reference(jnp.asarray(q)[:, None], jnp.asarray(k), jnp.asarray(v),
+    ref = attention.attention_reference(jnp.asarray(q)[:, None], jnp.asarray(k), jnp.asarray(v),
                                           jnp.asarray(allowed)[:, None])[:, 0]
     np.testing.assert_allclose(np.asarray(ref), want, atol=2e-5 * np.sqrt(h))
 
@@ -189,18 +189,18 @@ def test_attention_dispatch_and_gradients():
     q, k, v = (jnp.asarray(rng.standard_normal(shape, np.float32))
                for shape in [(2, 1, 2, 2, 8), (2, 2, 9, 8), (2, 2, 9, 8)])  # q [B, T=1, K, G, H]
     allowed = jnp.asarray(rng.random((2, 1, 9)) < 0.8)
-    text = jax.jit(cpu_kernels.attention).lower(q, k, v, allowed).as_text()
+    text = jax.jit(attention.attention).lower(q, k, v, allowed).as_text()
     assert "rlhf_cpu_decode_attention" in text
     bf = [a.astype(jnp.bfloat16) for a in (q, k, v)]
-    assert "rlhf_cpu_decode_attention" not in jax.jit(cpu_kernels.attention).lower(*bf, allowed).as_text()
+    assert "rlhf_cpu_decode_attention" not in jax.jit(attention.attention).lower(*bf, allowed).as_text()
     q3, allowed3 = jnp.concatenate([q] * 3, axis=1), jnp.concatenate([allowed] * 3, axis=1)  # T = 3
-    assert "rlhf_cpu_decode_attention" not in jax.jit(cpu_kernels.attention).lower(q3, k, v, allowed3).as_text()
+    assert "rlhf_cpu_decode_attention" not in jax.jit(attention.attention).lower(q3, k, v, allowed3).as_text()
 
     def loss(f):
         return lambda a, b, c: jnp.sum(jnp.cos(f(a, b, c, allowed)))
 
-    got = jax.grad(loss(cpu_kernels.attention), argnums=(0, 1, 2))(q, k, v)
-    want = jax.grad(loss(cpu_kernels.attention_reference), argnums=(0, 1, 2))(q, k, v)
+    got = jax.grad(loss(attention.attention), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(attention.attention_reference), argnums=(0, 1, 2))(q, k, v)
     for a, b in zip(got, want):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
