@@ -37,6 +37,8 @@ from rlhf_jax.losses.pg import kl_loss_term, policy_gradient_loss
 from rlhf_jax.losses.registry import Registry
 from rlhf_jax.losses.sft import next_token_loss
 from rlhf_jax.models import logits as lm_logits
+from rlhf_jax.sharding.jit import jit_step
+from rlhf_jax.sharding.mesh import logical_table
 
 
 @dataclasses.dataclass
@@ -57,10 +59,17 @@ class RLSetup:
     #   'attention_mask'} [n, K, L], 'mu' [n] (K = 2) or 'order' [n, K], 'gold' [n, K] when the
     #   task has a gold reward (offline algorithms)
     rm_norm: dict | None = None    # the reward model's normalisation {'gain', 'bias'}
+    mesh: Any = None               # a (data, fsdp, tensor) jax Mesh: every iteration runs sharded
 
     @property
     def prompt_len(self) -> int:
         return int(self.prompt_ids.shape[1])
+
+    def jit_iteration(self, iteration: Callable):
+        """``iteration(state, frozen, batch, hp)`` jitted with the state donated; on ``mesh``, with
+        explicit shardings (parameters by the rules, the batch over data × fsdp)."""
+        table = None if self.mesh is None else logical_table(self.model_cfg, self.rm_cfg)
+        return jit_step(iteration, self.mesh, table, batch_argnums=(2,))
 
 
 @flax.struct.dataclass
@@ -244,7 +253,7 @@ def make_onpolicy_iteration(setup: RLSetup, sec, *, tx, targets: Callable, loss_
         new = state.replace(train=train, kl=kl_state, rng=rng, iteration=state.iteration + 1)
         return new, metrics
 
-    return jax.jit(iteration, donate_argnums=(0,))
+    return setup.jit_iteration(iteration)
 
 
 @dataclasses.dataclass(frozen=True)

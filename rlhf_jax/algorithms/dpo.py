@@ -132,7 +132,7 @@ class Preference(Offline):
             metrics[GUARD_KEY] = nonfinite_code(metrics, GUARDED)
             return state.replace(train=train, iteration=state.iteration + 1), metrics
 
-        return jax.jit(iteration, donate_argnums=(0,))
+        return setup.jit_iteration(iteration)
 
     @staticmethod
     def evaluate(setup: RLSetup, sec, params, hp) -> dict:

@@ -140,7 +140,7 @@ class ImplicitQ(Offline):
             metrics[GUARD_KEY] = nonfinite_code(metrics, GUARDED)
             return state.replace(train=train, aux={"target": target}, iteration=state.iteration + 1), metrics
 
-        return jax.jit(iteration, donate_argnums=(0,))
+        return setup.jit_iteration(iteration)
 
     @staticmethod
     def decoder(state, hp):

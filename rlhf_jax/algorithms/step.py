@@ -1,7 +1,8 @@
 """The one place that compiles a gradient step (MaxText style).
 
 ``make_train_step(loss_fn, tx)`` returns ``step(state, batch, hparams) -> (state, metrics)``,
-jitted once, with the state donated (updated in place) and optional shardings for meshes.
+jitted once, with the state donated (updated in place) and, on a device mesh, explicit
+shardings (``sharding/jit.py``).
 ``loss_fn(params, batch, hparams) -> (loss, metrics)`` is the house loss signature.
 ``run_epochs`` is the on-policy update written once: ``epochs × minibatches`` gradient steps over a
 rollout batch as nested ``lax.scan`` (purejaxrl style), a fresh permutation per epoch.
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax.algorithms.train_state import TrainState, apply_gradients
+from rlhf_jax.sharding.jit import jit_step
 
 
 GUARD_KEY = "guard/nonfinite"
@@ -74,26 +76,51 @@ def nonfinite_metric(code, keys, guarded) -> str | None:
     return guarded_names(keys, guarded)[code - 1] if code else None
 
 
+def accumulated_grads(loss_fn: Callable, params, batch, hparams, micro_batches: int = 1,
+                      weight: Callable | None = None):
+    """``((loss, metrics), grads)`` of ``loss_fn`` over ``batch``, computed on ``micro_batches``
+    equal slices of its leading axis one after another (``lax.scan``: activation memory of one
+    slice). The slices' means are combined exactly as (Σ weight·mean) / Σ weight, where
+    ``weight(slice)`` is the denominator of the loss's mean on that slice (e.g. its target-token
+    count for a token mean; None: equal weights, exact for means over rows)."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if micro_batches == 1:
+        return grad_fn(params, batch, hparams)
+    slices = jax.tree_util.tree_map(
+        lambda x: x.reshape(micro_batches, x.shape[0] // micro_batches, *x.shape[1:]), batch)
+
+    def body(acc, mb):
+        out = grad_fn(params, mb, hparams)
+        w = jnp.float32(1.0) if weight is None else jnp.asarray(weight(mb), jnp.float32)
+        total, sums = acc
+        return (total + w, jax.tree_util.tree_map(lambda a, b: a + w * b, sums, out)), None
+
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(grad_fn, params,
+                                                                    jax.tree_util.tree_map(lambda x: x[0], slices),
+                                                                    hparams))
+    (total, sums), _ = jax.lax.scan(body, (jnp.float32(0.0), zeros), slices)
+    return jax.tree_util.tree_map(lambda x: (x / jnp.maximum(total, 1e-12)).astype(x.dtype), sums)
+
+
 def gradient_step(loss_fn: Callable, tx: optax.GradientTransformation, state: TrainState, batch,
-                  hparams):
+                  hparams, micro_batches: int = 1, weight: Callable | None = None):
     """Un-jitted step body (usable inside a larger jitted function, e.g. a PPO epoch scan)."""
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, hparams)
+    (loss, metrics), grads = accumulated_grads(loss_fn, state.params, batch, hparams, micro_batches, weight)
     metrics = dict(metrics, **{"optim/grad_norm": optax.global_norm(grads), "optim/loss": loss})
     return apply_gradients(state, grads, tx), metrics
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, donate: bool = True,
-                    in_shardings=None, out_shardings=None):
+                    mesh=None, table: dict | None = None, micro_batches: int = 1,
+                    weight: Callable | None = None):
+    """The jitted ``step(state, batch, hparams)``; on a ``mesh`` with explicit shardings (the state
+    by the parameter rules of ``table`` (``sharding.logical_table``), the batch over data × fsdp);
+    gradients accumulated over ``micro_batches`` slices of the batch (``accumulated_grads``)."""
     def step(state, batch, hparams):
-        state, metrics = gradient_step(loss_fn, tx, state, batch, hparams)
+        state, metrics = gradient_step(loss_fn, tx, state, batch, hparams, micro_batches, weight)
         return state, dict(metrics, **{GUARD_KEY: nonfinite_code(metrics, SUPERVISED_GUARDED)})
 
-    kw = {}
-    if in_shardings is not None:
-        kw["in_shardings"] = in_shardings
-    if out_shardings is not None:
-        kw["out_shardings"] = out_shardings
-    return jax.jit(step, donate_argnums=(0,) if donate else (), **kw)
+    return jit_step(step, mesh, table, batch_argnums=(1,), donate_argnums=(0,) if donate else ())
 
 
 def run_epochs(loss_fn: Callable, tx: optax.GradientTransformation, state: TrainState, data, hparams,

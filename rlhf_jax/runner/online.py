@@ -261,7 +261,7 @@ class OnlineRounds:
                  f"({steps} steps); on the newest policy's held-out comparisons it scores {before:.3f}")
         t0 = time.time()
         state = supervised_loop(stage=f"reward_round{r}", state=create_state(_copy_tree(prev), tx),
-                                step_fn=make_train_step(make_rm_loss(pipe.rm_cfg), tx), data=train,
+                                step_fn=make_train_step(make_rm_loss(pipe.rm_cfg), tx, **pipe.sharded(pipe.rm_cfg)), data=train,
                                 batch_size=bs, n_steps=steps, seed=pipe.rl_seed + r, hparams=hp,
                                 ckpt=pipe.ckpt, logger=pipe.logger,
                                 ckpt_every=10 * pipe.cfg.run.checkpoint_every, show_progress=pipe.show)

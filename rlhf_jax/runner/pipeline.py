@@ -14,6 +14,7 @@ gets the resolved ``config.yaml``, ``metrics.jsonl``, ``summary.json`` and ``rep
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -26,8 +27,10 @@ from rlhf_jax.algorithms.loop import supervised_loop
 from rlhf_jax.algorithms.registry import ALGORITHMS
 from rlhf_jax.algorithms.reward_model import (init_reward_model, make_rm_loss, normalization,
                                               score_in_batches, split_comparisons)
-from rlhf_jax.algorithms.sft import make_lm_loss
+from rlhf_jax.algorithms.sft import lm_target_count, make_lm_loss
 from rlhf_jax.algorithms.step import DegenerateError, TrainingError, make_train_step
+from rlhf_jax.sharding.memory import estimate, mesh_shape
+from rlhf_jax.sharding.mesh import device_mesh, logical_table, place, tree_shardings
 from rlhf_jax.algorithms.sections import optimizer_kwargs
 from rlhf_jax.algorithms.train_state import create_state, make_optimizer
 from rlhf_jax.checkpoint.orbax import RunCheckpoints
@@ -46,15 +49,11 @@ from rlhf_jax.runner.rl_stage import (SAMPLES_FILE, RLStage, _copy_tree, _eval_m
                                       _samples_record)
 from rlhf_jax.runner.run_reuse import (_MAY_DIFFER, _check_reusable, _diff_keys, _may_change,
                                        _reuse_stages)
+from rlhf_jax.runner.checks import check_micro_batches, check_needs
 from rlhf_jax.runner.run_dir import (STOPPED_FILE, check_out_dir, load_npz, read_json, read_yaml,
                                      save_npz, write_json, write_yaml)
 from rlhf_jax.runner.schema import (ALGORITHM_SECTIONS, ExperimentConfig, algorithm_section,
                                     resolved_config)
-
-
-def _offline_names() -> list[str]:
-    return [n for n in ALGORITHMS.names() if "reward_model" not in ALGORITHMS.get(n).needs(
-        ALGORITHMS.get(n).section())]
 
 
 class Pipeline:
@@ -66,6 +65,7 @@ class Pipeline:
         self.rl_key = self.key if cfg.run.rl_seed is None else jax.random.PRNGKey(cfg.run.rl_seed)
         self.show = None if cfg.run.progress else False
         self.times: dict[str, float] = {}
+        self.mesh = None  # set by validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict | None:
@@ -77,7 +77,8 @@ class Pipeline:
         check_backends(cfg.logging)
         self.resolved = resolved_config(cfg)
         self.algo = ALGORITHMS.get(cfg.algorithm)
-        self._check_needs()
+        check_needs(cfg, self.algo)
+        check_micro_batches(cfg)
         self.src = sources.Sources(cfg, self.run_dir)
         self.src.check_data(_log)
         self.rl_prompts = self.src.rl_prompts()
@@ -97,6 +98,10 @@ class Pipeline:
         if unused:
             _log(f"algorithm {cfg.algorithm!r}: the settings in section(s) {', '.join(unused)} are "
                  f"not used by this run")
+        try:  # one device: no mesh
+            self.mesh = device_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         self.P, self.R = cfg.data.max_prompt_len, cfg.data.max_response_len
         tok = self.src.existing_tokenizer()
         model_cfg = self.src.model_config(tok.vocab_size if tok is not None else cfg.model.vocab_size)
@@ -113,26 +118,6 @@ class Pipeline:
                     raise ConfigError(f"{where}: the tokenizer's {name} id {i} is outside the model's "
                                       f"vocabulary of {model_cfg.vocab_size}")
         return self._check_run_dir()
-
-    def _check_needs(self) -> None:
-        """What the chosen algorithm needs from steps 1-2, before anything is read."""
-        cfg = self.cfg
-        needs = self.algo.needs(algorithm_section(cfg))
-        if "reward_model" in needs and not cfg.reward.train:
-            raise ConfigError(f"algorithm {cfg.algorithm!r} needs a reward model, but reward.train is "
-                              f"false: set reward.train=true or choose an algorithm that learns from "
-                              f"comparisons directly ({', '.join(_offline_names())})")
-        if "gold rewards" in needs and (cfg.task.name is None or cfg.data.preferences):
-            raise ConfigError(f"algorithm {cfg.algorithm!r} is set to learn from gold rewards "
-                              f"({cfg.algorithm}.reward: gold), which only the built-in task's labeler "
-                              f"gives (task.name set, no data.preferences); use {cfg.algorithm}.reward="
-                              f"reward_model")
-        if {"preferences", "logged responses"} & set(needs) and cfg.task.name is None and not cfg.data.preferences:
-            what = "preference pairs" if "preferences" in needs else "step 2's logged responses"
-            raise ConfigError(f"algorithm {cfg.algorithm!r} learns from {what}, and this run "
-                              f"has no source of them: set data.preferences to a TRL / HH / TL;DR "
-                              f"preference file, or task.name to a built-in task (its simulated "
-                              f"labelers compare the step-2 samples)")
 
     def _check_run_dir(self) -> dict | None:
         cfg, d = self.cfg, self.run_dir
@@ -193,6 +178,17 @@ class Pipeline:
         self.tok = self.src.tokenizer()
         self.model_cfg, self.init_lm = self.src.model(self.tok, jax.random.fold_in(self.key, 0))
 
+    def sharded(self, *model_cfgs) -> dict:
+        """``make_train_step``'s keywords for this run's mesh (none on one device)."""
+        return {} if self.mesh is None else {"mesh": self.mesh, "table": logical_table(*model_cfgs)}
+
+    def on_mesh(self, params, *model_cfgs):
+        """``params`` placed on this run's mesh by the parameter rules (as they are on one device):
+        a restored checkpoint and a sharded step's output then meet on the same devices."""
+        if self.mesh is None or params is None:
+            return params
+        return place(params, tree_shardings(params, self.mesh, logical_table(*model_cfgs)))
+
     # ------------------------------------------------------------------ step 1: LM
     def _finished(self, stage: str) -> bool:
         """Whether ``stage``'s newest checkpoint is its last step (False when unreadable: the
@@ -204,8 +200,13 @@ class Pipeline:
 
     def _lm_stage(self, stage, params, data, sc) -> dict:
         tx = make_optimizer(sc.lr, total_steps=sc.steps, **optimizer_kwargs(sc))
-        step_fn = make_train_step(make_lm_loss(self.model_cfg), tx)
-        state = create_state(_copy_tree(params), tx)
+        n = sc.batch_size if data is None else min(sc.batch_size, len(data["input_ids"]))
+        step_fn = make_train_step(make_lm_loss(self.model_cfg), tx, micro_batches=math.gcd(sc.micro_batches, n),
+                                  weight=lm_target_count, **self.sharded(self.model_cfg))
+        mem = estimate(self.model_cfg, batch=sc.batch_size, seq_len=self.model_cfg.max_len,
+                       mesh_shape=mesh_shape(self.mesh))
+        _log(f"{stage}: memory per device (estimate): {mem.line()}")
+        state = create_state(self.on_mesh(_copy_tree(params), self.model_cfg), tx)
         t0 = time.time()
         state = supervised_loop(stage=stage, state=state, step_fn=step_fn, data=data,
                                 batch_size=sc.batch_size, n_steps=sc.steps, seed=self.cfg.run.seed,
@@ -283,12 +284,14 @@ class Pipeline:
         else:
             backbone = sft_params
         self.rm_cfg = rm_cfg
-        params = init_reward_model(rm_cfg, _copy_tree(backbone), jax.random.fold_in(self.key, 4))
+        params = self.on_mesh(init_reward_model(rm_cfg, _copy_tree(backbone), jax.random.fold_in(self.key, 4)),
+                              rm_cfg)
         hp = {"margin": jnp.float32(rc.margin), "center_coef": jnp.float32(rc.center_coef)}
         bs = min(rc.batch_size, len(train["input_ids"]))
         steps = rc.epochs * (len(train["input_ids"]) // bs)
         tx = make_optimizer(rc.lr, total_steps=steps, **optimizer_kwargs(rc))
-        step_fn = make_train_step(make_rm_loss(rm_cfg), tx)
+        step_fn = make_train_step(make_rm_loss(rm_cfg), tx, micro_batches=math.gcd(rc.micro_batches, bs),
+                                  **self.sharded(rm_cfg))
         _log(f"step 2: training the reward model on {len(train['input_ids'])} comparisons "
              f"({steps} steps), {n_eval} held out")
         t0 = time.time()
@@ -408,8 +411,9 @@ class Pipeline:
 
     def prepare(self):
         """Steps 1-2 and the initial policy's evaluation (each skipped when already done)."""
-        sft_params = self.language_model()
+        sft_params = self.on_mesh(self.language_model(), self.model_cfg)
         rm_params, rm_info = self.reward_model(sft_params)
+        rm_params = self.on_mesh(rm_params, self.rm_cfg)
         return sft_params, rm_params, rm_info, self.initial_evaluation(sft_params)
 
     def initial_evaluation(self, sft_params) -> dict:

@@ -18,6 +18,7 @@ from rlhf_jax.data.encoding import encode_prompts
 from rlhf_jax.metrics.logger import progress
 from rlhf_jax.runner.evaluation import decode_responses
 from rlhf_jax.runner.schema import algorithm_section
+from rlhf_jax.sharding.memory import add, estimate, mesh_shape
 
 if TYPE_CHECKING:
     from rlhf_jax.runner.pipeline import Pipeline
@@ -77,7 +78,8 @@ class RLStage:
                         rm_params=rm_params, prompt_ids=ids, prompt_mask=mask,
                         response_len=pipe.R, eos_id=pipe.tok.eos_id, pad_id=pipe.tok.pad_id,
                         seed=pipe.rl_seed, ptx=pipe.pretrain_data if ptx else None, preferences=prefs,
-                        rm_norm={k: rm_info[k] for k in ("gain", "bias")} if "gain" in rm_info else None)
+                        rm_norm={k: rm_info[k] for k in ("gain", "bias")} if "gain" in rm_info else None,
+                        mesh=pipe.mesh)
         self.setup = self.algo.prepare(setup, sec)
         self.ref_params = _copy_tree(sft_params)
         self.frozen = frozen_inputs(self.setup, self.ref_params,
@@ -101,6 +103,13 @@ class RLStage:
         self.responses_per_iteration = n_resp = self.algo.responses_per_iteration(sec, len(ids))
         _log(f"step 3: {cfg.algorithm} for {sec.iterations} iterations of {n_resp} responses"
              + (f" ({pipe.run_dir})" if pipe.show is False else ""))
+        L, shape = pipe.P + pipe.R, mesh_shape(pipe.mesh)
+        mem = add(estimate(pipe.model_cfg, batch=n_resp // getattr(sec, "minibatches", 1), seq_len=L,
+                           mesh_shape=shape, kv_batch=n_resp, kv_len=L),
+                  estimate(pipe.model_cfg, batch=0, seq_len=L, mesh_shape=shape, trained=False),
+                  *([estimate(pipe.rm_cfg, batch=0, seq_len=L, mesh_shape=shape, trained=False)]
+                    if pipe.rm_cfg is not None else []))
+        _log(f"rl: memory per device (estimate; policy, reference and reward model): {mem.line()}")
         self.bar = progress(sec.iterations, cfg.algorithm, initial=self.start, force=pipe.show)
 
     def batch(self, it: int) -> dict:

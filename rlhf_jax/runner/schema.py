@@ -60,6 +60,7 @@ class DataConfig:
 class PretrainConfig(OptimizerFields):
     steps: int = _r(600, 0)              # LM steps on the corpus (0: skip)
     batch_size: int = _r(64, 1)
+    micro_batches: int = _r(1, 1)        # gradient accumulation: the batch in this many equal slices
     lr: float = _r(3e-3, 0.0)
     warmup: int = _r(50, 0)
 
@@ -68,6 +69,7 @@ class PretrainConfig(OptimizerFields):
 class SFTConfig(OptimizerFields):
     steps: int = _r(0, 0)                # SFT steps on demonstrations (0: skip)
     batch_size: int = _r(32, 1)
+    micro_batches: int = _r(1, 1)        # gradient accumulation: the batch in this many equal slices
     lr: float = _r(1e-3, 0.0)
     n_demonstrations: int = _r(2000, 1)  # built-in task: generated demonstrations
 
@@ -82,6 +84,7 @@ class RewardConfig(OptimizerFields):
     sample_temperature: float = _r(1.0, 0.0)
     epochs: int = _r(2, 1)
     batch_size: int = _r(32, 1)
+    micro_batches: int = _r(1, 1)        # gradient accumulation: the batch in this many equal slices
     lr: float = _r(1e-3, 0.0)
     warmup: int = _r(10, 0)
     margin: float = _r(0.0, 0.0)
@@ -148,9 +151,19 @@ class RunConfig:
     reuse_from: Optional[str] = None
 
 
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The device mesh every step runs on (``rlhf_jax/sharding``): data × fsdp × tensor = the
+    device count, one of them -1 for the rest. One device: no mesh. A run may resume on another."""
+    data: int = _r(-1, -1)               # data parallel: batches split, weights replicated
+    fsdp: int = _r(1, -1)                # fully sharded data parallel: batches and weights split
+    tensor: int = _r(1, -1)              # tensor parallel: heads, MLP width and vocabulary split
+
+
 _BEFORE = [("model", ModelConfig), ("task", TaskConfig), ("data", DataConfig),
            ("pretrain", PretrainConfig), ("sft", SFTConfig), ("reward", RewardConfig)]
-_AFTER = [("online", OnlineConfig), ("eval", EvalConfig), ("run", RunConfig), ("logging", LoggingConfig)]
+_AFTER = [("online", OnlineConfig), ("eval", EvalConfig), ("run", RunConfig), ("logging", LoggingConfig),
+          ("mesh", MeshConfig)]
 
 ALGORITHM_SECTIONS: tuple[str, ...] = tuple(ALGORITHMS.names())
 """One config section per registered algorithm, named after it; only the chosen one is read."""

@@ -258,6 +258,11 @@ CASES = {
     "ovr-float-for-int": (_over("ppo.epochs=1.5"), ["ppo.epochs", "int"]),
     "ovr-string-seed": (_over("run.seed=x"), ["run.seed", "int"]),
     "ovr-reward-preset": (_over("reward.init=scratch", "reward.preset=hugee"), ["reward.preset"]),
+    "ovr-mesh-size": (_over("mesh.data=3"), ["mesh.data", "there is 1 device"]),
+    "ovr-mesh-two-free": (_over("mesh.fsdp=-1", "mesh.tensor=-1"), ["mesh.fsdp", "mesh.tensor"]),
+    "ovr-attention": (_over("model.attention=flash"), ["model.attention", "'xla'"]),
+    "ovr-remat": (_over("model.remat=all"), ["model.remat", "'full'"]),
+    "ovr-micro-batches": (_over("pretrain.micro_batches=3"), ["pretrain.micro_batches", "pretrain.batch_size"]),
     # --- data files
     "data-missing": (lambda w, b: ([w / "tiny.yaml", f"run.out_dir={w / 'out_dm'}",
                                     f"data.preferences={w / 'missing.jsonl'}"], w / "out_dm"),

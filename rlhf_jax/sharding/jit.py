@@ -1,0 +1,47 @@
+"""``jit`` with explicit in/out shardings on a mesh, for the house step signatures.
+
+``step(state, ..., batch, ...) -> (state, metrics)``: the state (and every other non-batch
+argument: frozen reference / reward-model params, hyperparameters) is sharded by the parameter
+rules (``mesh.tree_shardings``), batch arguments over ``(data, fsdp)``; the new state comes back
+with exactly the input state's shardings (so it is donated in place and the next call needs no
+resharding) and the metrics replicated. Without a mesh this is ``jax.jit`` with the donation.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+
+from rlhf_jax.sharding.mesh import batch_shardings, place, replicated, tree_shardings
+
+
+class ShardedStep:
+    """A jitted step whose shardings are fixed from its first call's arguments."""
+
+    def __init__(self, fn: Callable, mesh, table: dict, *, batch_argnums: Sequence[int] = (),
+                 donate_argnums: Sequence[int] = (0,)):
+        self.fn, self.mesh, self.table = fn, mesh, table
+        self.batch_argnums, self.donate_argnums = tuple(batch_argnums), tuple(donate_argnums)
+        self._jitted = None
+        self._in = None
+
+    def shardings(self, args) -> tuple:
+        return tuple(batch_shardings(a, self.mesh) if i in self.batch_argnums
+                     else tree_shardings(a, self.mesh, self.table) for i, a in enumerate(args))
+
+    def __call__(self, *args):
+        if self._jitted is None:
+            self._in = self.shardings(args)
+            self._jitted = jax.jit(self.fn, in_shardings=self._in,
+                                   out_shardings=(self._in[0], replicated(self.mesh)),
+                                   donate_argnums=self.donate_argnums)
+        return self._jitted(*(place(a, s) for a, s in zip(args, self._in)))
+
+
+def jit_step(fn: Callable, mesh=None, table: dict | None = None, *, batch_argnums: Sequence[int] = (),
+             donate_argnums: Sequence[int] = (0,)):
+    """``jax.jit(fn, donate_argnums)`` without a mesh, a :class:`ShardedStep` with one."""
+    if mesh is None:
+        return jax.jit(fn, donate_argnums=tuple(donate_argnums))
+    return ShardedStep(fn, mesh, table or {}, batch_argnums=batch_argnums, donate_argnums=donate_argnums)
