@@ -92,6 +92,22 @@ def ranking_accuracy(scores: np.ndarray, order: np.ndarray) -> float:
     return correct / max(total, 1)
 
 
+def gold_order_accuracy(scores: np.ndarray, gold: np.ndarray, tie_eps: float = 0.0) -> float:
+    """Fraction of the response pairs of each prompt (``[N, k]`` scores and gold rewards) that the
+    scores order as the gold reward does, pairs whose gold rewards differ by at most ``tie_eps``
+    left out: agreement with the noise-free preference, whose ceiling is 1 (the noisy labels'
+    ceiling is the labelers' own accuracy)."""
+    correct, total = 0, 0
+    k = scores.shape[1]
+    for i in range(k):
+        for j in range(i + 1, k):
+            dg = gold[:, i] - gold[:, j]
+            keep = np.abs(dg) > tie_eps
+            correct += int(np.sum((scores[keep, i] > scores[keep, j]) == (dg[keep] > 0)))
+            total += int(np.sum(keep))
+    return correct / total if total else float("nan")
+
+
 def normalization(scores: np.ndarray, mode: str, reference_scores: np.ndarray | None = None):
     """(gain, bias) so that ``gain·r + bias`` is normalised (Ziegler 2019 / Stiennon 2020)."""
     if mode == "none":

@@ -32,7 +32,7 @@ import numpy as np
 
 from rlhf_jax.algorithms.base import frozen_inputs
 from rlhf_jax.algorithms.loop import supervised_loop
-from rlhf_jax.algorithms.reward_model import (make_rm_loss, normalization, pairwise_accuracy,
+from rlhf_jax.algorithms.reward_model import (gold_order_accuracy, make_rm_loss, normalization, pairwise_accuracy,
                                               ranking_accuracy, score_in_batches, split_comparisons)
 from rlhf_jax.algorithms.sections import optimizer_kwargs
 from rlhf_jax.algorithms.step import DegenerateError, make_train_step
@@ -110,14 +110,19 @@ def label_comparisons(pipe: Pipeline, prompts: list[str], samples: dict, rng: np
     return data
 
 
-def rm_accuracy(rm_cfg, params, evals: dict) -> float:
-    """Pairwise (``mu``) or ranking (``order``) accuracy of a reward model on comparisons."""
+def rm_accuracies(rm_cfg, params, evals: dict, tie_eps: float = 0.0) -> tuple[float, float | None]:
+    """(accuracy on the labels: pairwise for ``mu``, ranking for ``order``; agreement with the gold
+    order, ``gold_order_accuracy``, when the comparisons carry gold rewards, else None)."""
     k, L = evals["input_ids"].shape[1:]
     scores = score_in_batches(rm_cfg, params, evals["input_ids"].reshape(-1, L),
                               evals["attention_mask"].reshape(-1, L)).reshape(-1, k)
-    if "mu" in evals:
-        return pairwise_accuracy(scores, evals["mu"])
-    return ranking_accuracy(scores, evals["order"])
+    labels = pairwise_accuracy(scores, evals["mu"]) if "mu" in evals else ranking_accuracy(scores, evals["order"])
+    return labels, (gold_order_accuracy(scores, evals["gold"], tie_eps) if "gold" in evals else None)
+
+
+def rm_accuracy(rm_cfg, params, evals: dict) -> float:
+    """Pairwise (``mu``) or ranking (``order``) accuracy of a reward model on comparisons."""
+    return rm_accuracies(rm_cfg, params, evals)[0]
 
 
 def label_ceiling_of(evals: dict) -> float | None:
@@ -256,19 +261,20 @@ class OnlineRounds:
         rec = self._record(r)
         hp = {"margin": jnp.float32(rc.margin), "center_coef": jnp.float32(rc.center_coef)}
         if rec is None:
-            before = rm_accuracy(pipe.rm_cfg, prev, newest)
+            before, gold_before = rm_accuracies(pipe.rm_cfg, prev, newest, rc.tie_eps)
             _log(f"round {r}: the reward model continues on {len(train['input_ids'])} comparisons "
                  f"({steps} steps); on the newest policy's held-out comparisons it scores {before:.3f}")
         t0 = time.time()
         state = supervised_loop(stage=f"reward_round{r}", state=create_state(_copy_tree(prev), tx),
-                                step_fn=make_train_step(make_rm_loss(pipe.rm_cfg), tx, **pipe.sharded(pipe.rm_cfg)), data=train,
+                                step_fn=make_train_step(make_rm_loss(pipe.rm_cfg), tx, **pipe.sharded(pipe.rm_cfg)),
+                                data=train,
                                 batch_size=bs, n_steps=steps, seed=pipe.rl_seed + r, hparams=hp,
                                 ckpt=pipe.ckpt, logger=pipe.logger,
                                 ckpt_every=10 * pipe.cfg.run.checkpoint_every, show_progress=pipe.show)
         pipe.times[f"reward_round{r}"] = time.time() - t0
         if rec is not None and "gain" in rec:
             return state.params, (rec["gain"], rec["bias"])
-        after = rm_accuracy(pipe.rm_cfg, state.params, newest)
+        after, gold_after = rm_accuracies(pipe.rm_cfg, state.params, newest, rc.tie_eps)
         k, L = rounds[0]["input_ids"].shape[1:]
         ids = np.concatenate([d["input_ids"].reshape(-1, L) for d in rounds])
         mask = np.concatenate([d["attention_mask"].reshape(-1, L) for d in rounds])
@@ -282,12 +288,15 @@ class OnlineRounds:
                "comparisons_new": len(data["input_ids"]) if data is not None else None,
                "comparisons_total": int(sum(len(d["input_ids"]) for d in rounds)),
                "rm_accuracy_newest_before": before, "rm_accuracy_newest_after": after,
-               "rm_label_ceiling_newest": label_ceiling_of(newest), "gain": gain, "bias": bias}
+               "rm_label_ceiling_newest": label_ceiling_of(newest),
+               "rm_gold_accuracy_newest_before": gold_before, "rm_gold_accuracy_newest_after": gold_after,
+               "gain": gain, "bias": bias}
         write_json(self._path(r), rec)
         pipe.logger.log(self.ends[r - 2], {"online/round": r, "online/rm_accuracy_newest_before": before,
                                            "online/rm_accuracy_newest_after": after,
                                            "online/comparisons": rec["comparisons_total"]}, stage="eval")
-        _log(f"round {r}: reward model accuracy on the newest comparisons {before:.3f} -> {after:.3f}")
+        _log(f"round {r}: reward model accuracy on the newest comparisons {before:.3f} -> {after:.3f}"
+             + (f" (against the gold order {gold_before:.3f} -> {gold_after:.3f})" if gold_after is not None else ""))
         return state.params, (gain, bias)
 
     def _apply(self, r: int, data: dict, rm, norm) -> None:

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.algorithms.reward_model import (init_reward_model, make_rm_loss, pairwise_accuracy,
-                                              ranking_accuracy, rm_scores)
+from rlhf_jax.algorithms.reward_model import (gold_order_accuracy, init_reward_model, make_rm_loss,
+                                              pairwise_accuracy, ranking_accuracy, rm_scores)
 from rlhf_jax.losses.reward import bradley_terry_loss, kway_bradley_terry_loss
 from rlhf_jax.models import get_preset, init_params
 
@@ -61,3 +61,8 @@ def test_accuracies_by_hand():
     order = np.array([[0, 1, 2], [0, 1, 2]])
     # row 0: all 3 pairs right; row 1: all 3 wrong -> 1/2
     assert ranking_accuracy(s, order) == pytest.approx(0.5)
+    gold = np.array([[0.9, 0.5, 0.51], [0.3, 0.2, 0.1]])
+    # row 0: (0,1) right, (0,2) right, (1,2) a tie at eps 0.02 (left out); row 1: 3 wrong -> 2/5
+    assert gold_order_accuracy(s, gold, tie_eps=0.02) == pytest.approx(2 / 5)
+    assert gold_order_accuracy(s, gold) == pytest.approx(2 / 6)  # (1,2) counts: 2.0 > 1.0 but 0.5 < 0.51
+    assert np.isnan(gold_order_accuracy(s, np.ones_like(s)))

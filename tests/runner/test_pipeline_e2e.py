@@ -246,20 +246,22 @@ def test_killed_run_resumes_bitwise(algorithm, base_run, tmp_path, compare):  # 
 
 
 def test_iterated_online_rlhf_retrained_rm_is_better_on_the_newest_policy(base_run, tmp_path):
-    """Three rounds of PPO on the base run's steps 1-2, 1000 newly labelled prompts before rounds
-    2 and 3: each retrained reward model ranks the newest policy's held-out comparisons better
-    than the one before it did, and the policy still learns. (The newest policy's responses are
-    all positive, so the noisy labels carry little signal: the labelers' own ceiling there is
-    ~0.69, the old reward model ~0.67; retraining takes it to within 0.02 of the ceiling.)"""
+    """Three rounds of PPO on the base run's step 1, with a reward model made data-poor on purpose
+    (step 2 on 400 prompts instead of 6000) and 1000 newly labelled prompts before rounds 2 and 3:
+    each retrained reward model ranks the newest policy's held-out comparisons better than the one
+    before it did, on the noisy labels and against the gold order, and the policy still learns.
+    (With the base run's 6000 prompts the first reward model already orders the newest policy's
+    samples as well as the labels allow, ~0.91 against the gold order: retraining has nothing to
+    add there, and its change is within the noise; README, "Iterated online RLHF".)"""
     out, base = base_run
     s = Pipeline(_cfg(str(tmp_path / "online"), f"run.reuse_from={out}", "online.rounds=3",
-                      "online.n_prompts=1000", "ppo.eval_every=30",
+                      "online.n_prompts=1000", "reward.n_prompts=400", "ppo.eval_every=30",
                       "run.plots=false")).run()
     rounds = s["rounds"]
-    assert [r["comparisons_total"] for r in rounds] == [6000, 7000, 8000]
+    assert [r["comparisons_total"] for r in rounds] == [400, 1400, 2400]
     for r in rounds[1:]:
         assert r["rm_accuracy_newest_after"] > r["rm_accuracy_newest_before"], rounds
-        assert r["rm_accuracy_newest_after"] >= r["rm_label_ceiling_newest"] - 0.02, rounds
+        assert r["rm_gold_accuracy_newest_after"] >= r["rm_gold_accuracy_newest_before"] + 0.03, rounds
     target = s["gold_reward_initial"] + 0.4 * (s["gold_reward_best_of_16"] - s["gold_reward_initial"])
     assert s["gold_reward_final"] >= target, s
 
