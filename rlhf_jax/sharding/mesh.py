@@ -152,8 +152,19 @@ def batch_shardings(tree, mesh: Mesh) -> Any:
 
 
 def place(tree, shardings):
-    """``tree`` put onto the mesh with ``shardings`` (host arrays, or arrays on other devices)."""
-    return jax.tree_util.tree_map(lambda x, s: jax.device_put(x, s), tree, shardings)
+    """``tree`` put onto the mesh with ``shardings``. A leaf every process holds whole (a host
+    array, or an array on this process's devices) becomes a global array of which each process
+    transfers only the shards its own devices hold (``jax.make_array_from_callback``): with
+    several hosts, each feeds only its share of a batch. A global array is resharded on device."""
+    def one(x, s):
+        if isinstance(x, jax.Array) and (x.sharding == s or not x.is_fully_addressable):
+            return x if x.sharding == s else jax.device_put(x, s)
+        if isinstance(x, jax.Array) and jax.process_count() == 1:
+            return jax.device_put(x, s)
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
+
+    return jax.tree_util.tree_map(one, tree, shardings)
 
 
 def shard_shapes(tree) -> Any:
