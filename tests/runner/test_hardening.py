@@ -23,16 +23,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-QUICKSTART = os.path.join(ROOT, "experiments", "quickstart.yaml")
-TINY = f"""base: {QUICKSTART}
-task: {{corpus_size: 300, n_eval_prompts: 4}}
-pretrain: {{steps: 30, batch_size: 16}}
-reward: {{n_prompts: 40, k: 2, epochs: 1, batch_size: 8}}
-ppo: {{iterations: 4, batch_size: 8, minibatches: 1, epochs: 1}}
-eval: {{samples_per_prompt: 1, best_of_n: 2}}
-run: {{checkpoint_every: 2, progress: false}}
-"""
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tiny_config import ROOT, TINY  # noqa: E402
 
 
 # The many short CLI processes share JAX's persistent compilation cache, so each restart of the

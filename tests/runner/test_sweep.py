@@ -18,16 +18,8 @@ from rlhf_jax.runner.config_loader import ConfigError
 from rlhf_jax.runner.sweep import expand, load_sweep
 from rlhf_jax.runner.vectorized import programs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-QUICKSTART = os.path.join(ROOT, "experiments", "quickstart.yaml")
-TINY = f"""base: {QUICKSTART}
-task: {{corpus_size: 300, n_eval_prompts: 4}}
-pretrain: {{steps: 30, batch_size: 16}}
-reward: {{n_prompts: 40, k: 2, epochs: 1, batch_size: 8}}
-ppo: {{iterations: 4, batch_size: 8, minibatches: 1, epochs: 1}}
-eval: {{samples_per_prompt: 1, best_of_n: 2}}
-run: {{checkpoint_every: 2, progress: false, plots: false}}
-"""
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tiny_config import ROOT, TINY  # noqa: E402
 
 
 def _write(path, text):

@@ -1,0 +1,79 @@
+"""LoRA (Hu et al. 2021) as a pytree transform over the model's parameters.
+
+Adapters are a separate tree ``{path: {'a': [r, in], 'b': [out, r]}}`` for the chosen kernels; the
+model never changes. ``apply_lora(params, adapters, scale)`` returns the parameters with
+``W + scale · B·A`` on every adapted kernel (``scale = alpha / rank``), viewing each kernel as its
+``[out, in]`` matrix (the model stores kernels output-major): ``qkv_kernel [K, G+2, H, D]`` as
+``[K·(G+2)·H, D]``, ``o_kernel [D, N, H]`` as ``[D, N·H]``, the MLP kernels as they are. Training
+differentiates a loss of ``apply_lora(base, adapters)`` with respect to ``adapters`` alone, so the
+optimizer holds only the adapters; the base (the reference policy) is one copy, shared. ``B`` starts
+at zero, so the adapted model starts as the base. The merged parameters are ordinary parameters:
+``save_pretrained`` writes them as a Hugging Face directory.
+
+(Dropout on the adapter input, which the weight-merge form cannot express, is not implemented.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+TARGETS = ("qkv_kernel", "o_kernel", "up_kernel", "gate_kernel", "down_kernel")
+
+
+def _name(entry) -> str:
+    return str(getattr(entry, "key", getattr(entry, "name", entry)))
+
+
+def _matrix_shape(name: str, shape) -> tuple[int, int]:
+    """``(out, in)`` of a kernel viewed as a matrix."""
+    if name == "qkv_kernel":
+        return math.prod(shape[:-1]), shape[-1]
+    return shape[0], math.prod(shape[1:])
+
+
+def init_lora(params, rng, *, rank: int, targets=TARGETS) -> dict:
+    """Adapters for every kernel named in ``targets``: ``a`` Kaiming-uniform-like (std 1/√in),
+    ``b`` zero. Keys are the kernels' paths (``jax.tree_util.keystr``)."""
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, not {rank}")
+    adapters = {}
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    keys = jax.random.split(rng, max(len(leaves), 1))
+    for (path, w), key in zip(leaves, keys):
+        name = _name(path[-1])
+        if name not in targets:
+            continue
+        out, inp = _matrix_shape(name, w.shape)
+        adapters[jax.tree_util.keystr(path)] = {
+            "a": jax.random.normal(key, (rank, inp), jnp.float32) / math.sqrt(inp),
+            "b": jnp.zeros((out, rank), jnp.float32)}
+    if not adapters:
+        raise ValueError(f"no parameter is named like a LoRA target ({', '.join(targets)})")
+    return adapters
+
+
+def apply_lora(params, adapters: dict, scale: float):
+    """``params`` with ``W + scale · B·A`` on every adapted kernel (the others as they are)."""
+    def one(path, w):
+        ad = adapters.get(jax.tree_util.keystr(path))
+        if ad is None:
+            return w
+        delta = (ad["b"] @ ad["a"]).astype(jnp.float32) * scale
+        return (w.astype(jnp.float32) + delta.reshape(w.shape)).astype(w.dtype)
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def lora_loss(loss_fn, base, scale: float):
+    """``loss_fn(params, batch, hp)`` as a loss of the adapters alone (``base`` held fixed)."""
+    def loss(adapters, batch, hp):
+        return loss_fn(apply_lora(jax.lax.stop_gradient(base), adapters, scale), batch, hp)
+
+    return loss
+
+
+def count(adapters: dict) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(adapters))

@@ -1,0 +1,96 @@
+"""LoRA as a pytree transform (models/lora.py): the delta by hand, the adapted model starts as the
+base, only adapters are trained and held by the optimizer, and the merged export loads in
+transformers with our adapted model's logits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.algorithms.sft import make_lm_loss
+from rlhf_jax.algorithms.step import make_train_step
+from rlhf_jax.algorithms.train_state import create_state, make_optimizer
+from rlhf_jax.models import forward, get_preset, init_params
+from rlhf_jax.models.lora import TARGETS, apply_lora, count, init_lora, lora_loss
+
+CFG = get_preset("tiny", vocab_size=64, max_len=16)
+RANK, ALPHA = 4, 8.0
+
+
+@pytest.fixture(scope="module")
+def base():
+    return init_params(CFG, jax.random.PRNGKey(0))
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 64, (4, 12)).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "loss_mask": np.ones_like(ids)}
+
+
+def test_delta_by_hand_and_start_as_the_base(base):
+    ad = init_lora(base, jax.random.PRNGKey(1), rank=RANK)
+    assert len(ad) == CFG.n_layers * 4  # qkv, o, up, down per block (no gate in GPT-2)
+    same = apply_lora(base, ad, ALPHA / RANK)
+    for x, y in zip(jax.tree_util.tree_leaves(same), jax.tree_util.tree_leaves(base)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    key = "['params']['layer_0']['attn']['qkv_kernel']"
+    rng = np.random.default_rng(2)
+    b = rng.standard_normal(ad[key]["b"].shape).astype(np.float32)
+    ad = dict(ad, **{key: {"a": ad[key]["a"], "b": jnp.asarray(b)}})
+    w = np.asarray(base["params"]["layer_0"]["attn"]["qkv_kernel"])  # [K, G+2, H, D]
+    got = np.asarray(apply_lora(base, ad, 0.5)["params"]["layer_0"]["attn"]["qkv_kernel"])
+    k, g, h, d = 1, 2, 3, 5  # one element: W + 0.5 · Σ_r B[row, r] A[r, d], row = (k, g, h) flattened
+    row = (k * w.shape[1] + g) * w.shape[2] + h
+    want = w[k, g, h, d] + 0.5 * float(b[row] @ np.asarray(ad[key]["a"])[:, d])
+    assert got[k, g, h, d] == pytest.approx(want, rel=1e-6)
+    others = "['params']['layer_0']['mlp']['up_kernel']"
+    assert np.array_equal(np.asarray(apply_lora(base, ad, 0.5)["params"]["layer_0"]["mlp"]["up_kernel"]),
+                          np.asarray(base["params"]["layer_0"]["mlp"]["up_kernel"])) and others in ad
+
+
+def test_only_adapters_are_trained_and_held(base):
+    ad = init_lora(base, jax.random.PRNGKey(1), rank=RANK)
+    tx = make_optimizer(1e-2)
+    step = make_train_step(lora_loss(make_lm_loss(CFG), base, ALPHA / RANK), tx)
+    state = create_state(ad, tx)
+    n_base = sum(x.size for x in jax.tree_util.tree_leaves(base))
+    held = sum(x.size for x in jax.tree_util.tree_leaves(state.opt_state) if hasattr(x, "size") and x.ndim)
+    assert held == 2 * count(ad) < 0.5 * n_base  # Adam's two moments of the adapters, nothing of the base
+    before = np.asarray(base["params"]["layer_0"]["attn"]["qkv_kernel"]).copy()
+    losses = []
+    for _ in range(15):
+        state, m = step(state, _batch(), None)
+        losses.append(float(m["optim/loss"]))
+    assert losses[-1] < losses[0] - 0.2, losses
+    np.testing.assert_array_equal(np.asarray(base["params"]["layer_0"]["attn"]["qkv_kernel"]), before)
+    assert all(float(jnp.abs(v["b"]).max()) > 0 for v in state.params.values())
+
+
+def test_merged_export_loads_in_transformers_with_the_adapted_logits(base, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rlhf_jax.hf import save_pretrained
+
+    ad = init_lora(base, jax.random.PRNGKey(1), rank=RANK)
+    rng = np.random.default_rng(5)
+    ad = {k: {"a": v["a"], "b": jnp.asarray(rng.standard_normal(v["b"].shape).astype(np.float32) * 0.05)}
+          for k, v in ad.items()}
+    merged = apply_lora(base, ad, ALPHA / RANK)
+    save_pretrained(tmp_path, CFG, merged)
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ids = _batch()["input_ids"]
+    with torch.no_grad():
+        theirs = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    ours = np.asarray(forward(CFG, merged, jnp.asarray(ids))[0])
+    np.testing.assert_allclose(theirs, ours, atol=2e-4)
+    assert np.abs(ours - np.asarray(forward(CFG, base, jnp.asarray(ids))[0])).max() > 1e-2  # adapters matter
+
+
+def test_targets_and_rank_are_checked(base):
+    with pytest.raises(ValueError, match="rank"):
+        init_lora(base, jax.random.PRNGKey(0), rank=0)
+    with pytest.raises(ValueError, match="LoRA target"):
+        init_lora(base, jax.random.PRNGKey(0), rank=2, targets=("nothing",))
+    assert set(TARGETS) >= {"qkv_kernel", "o_kernel"}
