@@ -29,6 +29,7 @@ from rlhf_jax.algorithms.reward_model import (init_reward_model, make_rm_loss, n
                                               score_in_batches, split_comparisons)
 from rlhf_jax.algorithms.sft import lm_target_count, make_lm_loss
 from rlhf_jax.algorithms.step import DegenerateError, TrainingError, make_train_step
+from rlhf_jax.sharding.jit import sharded_init
 from rlhf_jax.sharding.memory import estimate, mesh_shape
 from rlhf_jax.sharding.mesh import device_mesh, logical_table, place, tree_shardings
 from rlhf_jax.algorithms.sections import optimizer_kwargs
@@ -176,11 +177,19 @@ class Pipeline:
         self.logger = MetricsLogger.from_config(self.run_dir, cfg.logging, resume=resume,
                                                 config=self.resolved)
         self.tok = self.src.tokenizer()
-        self.model_cfg, self.init_lm = self.src.model(self.tok, jax.random.fold_in(self.key, 0))
+        init = None if self.mesh is None else (  # created sharded; a checkpoint is placed shard by shard
+            lambda c, r: sharded_init(lambda k: init_params(c, k), self.mesh, logical_table(c), r))
+        self.model_cfg, lm = self.src.model(self.tok, jax.random.fold_in(self.key, 0), init=init)
+        self.init_lm = self.on_mesh(lm, self.model_cfg)
 
     def sharded(self, *model_cfgs) -> dict:
         """``make_train_step``'s keywords for this run's mesh (none on one device)."""
         return {} if self.mesh is None else {"mesh": self.mesh, "table": logical_table(*model_cfgs)}
+
+    def new_state(self, params, tx, *model_cfgs):
+        """A train state of ``params``; on a mesh, created sharded (``sharded_init``)."""
+        return create_state(params, tx) if self.mesh is None else sharded_init(
+            lambda p: create_state(p, tx), self.mesh, logical_table(*model_cfgs), self.on_mesh(params, *model_cfgs))
 
     def on_mesh(self, params, *model_cfgs):
         """``params`` placed on this run's mesh by the parameter rules (as they are on one device):
@@ -206,7 +215,7 @@ class Pipeline:
         mem = estimate(self.model_cfg, batch=sc.batch_size, seq_len=self.model_cfg.max_len,
                        mesh_shape=mesh_shape(self.mesh))
         _log(f"{stage}: memory per device (estimate): {mem.line()}")
-        state = create_state(self.on_mesh(_copy_tree(params), self.model_cfg), tx)
+        state = self.new_state(_copy_tree(params), tx, self.model_cfg)
         t0 = time.time()
         state = supervised_loop(stage=stage, state=state, step_fn=step_fn, data=data,
                                 batch_size=sc.batch_size, n_steps=sc.steps, seed=self.cfg.run.seed,
@@ -295,7 +304,7 @@ class Pipeline:
         _log(f"step 2: training the reward model on {len(train['input_ids'])} comparisons "
              f"({steps} steps), {n_eval} held out")
         t0 = time.time()
-        state = supervised_loop(stage="reward", state=create_state(params, tx), step_fn=step_fn,
+        state = supervised_loop(stage="reward", state=self.new_state(params, tx, rm_cfg), step_fn=step_fn,
                                 data=train, batch_size=bs, n_steps=steps, seed=cfg.run.seed,
                                 hparams=hp, ckpt=self.ckpt, logger=self.logger,
                                 ckpt_every=10 * cfg.run.checkpoint_every, show_progress=self.show)

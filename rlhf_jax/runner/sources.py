@@ -219,12 +219,13 @@ class Sources:
         except ValueError as e:
             raise ConfigError(f"model: {e}") from None
 
-    def model(self, tok, rng):
-        """``(TransformerConfig, initial params)`` from a Hugging Face directory or a preset."""
+    def model(self, tok, rng, init=None):
+        """``(TransformerConfig, initial params)`` from a Hugging Face directory (host arrays) or a
+        preset (``init(cfg, rng)``, default ``init_params``: a mesh run passes a sharded one)."""
         if self.cfg.model.pretrained:
             from rlhf_jax.hf import load_pretrained
 
             cfg, params = load_pretrained(self.cfg.model.pretrained)
             return self.model_config(cfg.vocab_size), params
         cfg = self.model_config(tok.vocab_size)
-        return cfg, init_params(cfg, rng)
+        return cfg, (init or init_params)(cfg, rng)

@@ -45,3 +45,12 @@ def jit_step(fn: Callable, mesh=None, table: dict | None = None, *, batch_argnum
     if mesh is None:
         return jax.jit(fn, donate_argnums=tuple(donate_argnums))
     return ShardedStep(fn, mesh, table or {}, batch_argnums=batch_argnums, donate_argnums=donate_argnums)
+
+
+def sharded_init(fn: Callable, mesh, table: dict, *args):
+    """``fn(*args)`` computed by ``jit`` with the rules' out-shardings, so the result (e.g. a train
+    state: Adam's moments are twice the parameters) is created sharded, never whole on one device."""
+    from rlhf_jax.sharding.mesh import tree_shardings
+
+    shapes = jax.eval_shape(fn, *args)
+    return jax.jit(fn, out_shardings=tree_shardings(shapes, mesh, table))(*args)

@@ -24,6 +24,7 @@ from rlhf_jax.algorithms.reward_model import init_reward_model, make_rm_loss
 from rlhf_jax.algorithms.sft import make_lm_loss
 from rlhf_jax.algorithms.step import make_train_step
 from rlhf_jax.algorithms.train_state import create_state, make_optimizer
+from rlhf_jax.sharding.jit import sharded_init
 from rlhf_jax.models import get_preset, init_params
 from rlhf_jax.sampling import generate
 from rlhf_jax.sharding.mesh import batch_shardings, logical_table, make_mesh, place, tree_shardings
@@ -64,9 +65,12 @@ def supervised(mesh, table, loss_fn, params, batches, hparams):
     """Two steps from ``params``: (metrics per step, final params), host arrays."""
     tx = make_optimizer(1e-2, warmup=0)
     step = make_train_step(loss_fn, tx, mesh=mesh, table=table)
-    state = create_state(jax.tree_util.tree_map(jnp.copy, params), tx)
-    if mesh is not None:
-        state = place(state, tree_shardings(state, mesh, table))
+    params = jax.tree_util.tree_map(jnp.copy, params)
+    if mesh is None:
+        state = create_state(params, tx)
+    else:  # created sharded: the moments never exist whole on one device
+        params = place(params, tree_shardings(params, mesh, table))
+        state = sharded_init(lambda p: create_state(p, tx), mesh, table, params)
     metrics = []
     for batch in batches:
         state, m = step(state, batch, hparams)
