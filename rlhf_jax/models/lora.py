@@ -23,10 +23,6 @@ import jax.numpy as jnp
 TARGETS = ("qkv_kernel", "o_kernel", "up_kernel", "gate_kernel", "down_kernel")
 
 
-def _name(entry) -> str:
-    return str(getattr(entry, "key", getattr(entry, "name", entry)))
-
-
 def _matrix_shape(name: str, shape) -> tuple[int, int]:
     """``(out, in)`` of a kernel viewed as a matrix."""
     if name == "qkv_kernel":
@@ -43,7 +39,7 @@ def init_lora(params, rng, *, rank: int, targets=TARGETS) -> dict:
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     keys = jax.random.split(rng, max(len(leaves), 1))
     for (path, w), key in zip(leaves, keys):
-        name = _name(path[-1])
+        name = jax.tree_util.keystr(path[-1:], simple=True)
         if name not in targets:
             continue
         out, inp = _matrix_shape(name, w.shape)

@@ -32,8 +32,9 @@ import numpy as np
 
 from rlhf_jax.algorithms.base import frozen_inputs
 from rlhf_jax.algorithms.loop import supervised_loop
-from rlhf_jax.algorithms.reward_model import (gold_order_accuracy, make_rm_loss, normalization, pairwise_accuracy,
-                                              ranking_accuracy, score_in_batches, split_comparisons)
+from rlhf_jax.algorithms.reward_model import (gold_order_accuracy, make_rm_loss, normalization,
+                                              pairwise_accuracy, ranking_accuracy, score_in_batches,
+                                              split_comparisons)
 from rlhf_jax.algorithms.sections import optimizer_kwargs
 from rlhf_jax.algorithms.step import DegenerateError, make_train_step
 from rlhf_jax.algorithms.train_state import create_state, make_optimizer

@@ -113,16 +113,14 @@ def logical_table(*model_cfgs) -> dict[tuple[str, str], tuple]:
         specs = param_logical_axes(cfg)
         for path, spec in jax.tree_util.tree_flatten_with_path(
                 specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]:
-            names = [_key(p) for p in path]
+            names = path_names(path)
             table[(names[-2], names[-1])] = tuple(spec)
     return table
 
 
-def _key(entry) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(entry, attr):
-            return str(getattr(entry, attr))
-    return str(entry)
+def path_names(path) -> list[str]:
+    """The names along a pytree key path (``['params', 'layer_0', 'attn', 'qkv_kernel']``)."""
+    return jax.tree_util.keystr(path, simple=True, separator="/").split("/")
 
 
 def tree_shardings(tree, mesh: Mesh, table: dict) -> Any:
@@ -131,7 +129,7 @@ def tree_shardings(tree, mesh: Mesh, table: dict) -> Any:
 
     def one(path, leaf):
         shape = np.shape(leaf)
-        names = [_key(p) for p in path]
+        names = path_names(path)
         logical = table.get(tuple(names[-2:])) if len(names) >= 2 else None
         if logical is None or len(logical) != len(shape):
             return rep

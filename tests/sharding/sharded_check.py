@@ -27,7 +27,7 @@ from rlhf_jax.algorithms.train_state import create_state, make_optimizer
 from rlhf_jax.sharding.jit import sharded_init
 from rlhf_jax.models import get_preset, init_params
 from rlhf_jax.sampling import generate
-from rlhf_jax.sharding.mesh import batch_shardings, logical_table, make_mesh, place, tree_shardings
+from rlhf_jax.sharding.mesh import batch_shardings, logical_table, make_mesh, path_names, place, tree_shardings
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 V, P, N, EOS, PAD, B = 64, 4, 6, 1, 0, 8
@@ -51,7 +51,7 @@ def find_shards(tree, first, *suffix):
     """[global shape, shard shape] of the first leaf whose path holds ``first`` and ends with
     ``suffix`` (a parameter under ``params``, or Adam's ``mu`` / ``nu`` of it)."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        names = [str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path]
+        names = path_names(path)
         if first in names and tuple(names[-len(suffix):]) == suffix and hasattr(leaf, "sharding"):
             return [list(leaf.shape), list(leaf.sharding.shard_shape(leaf.shape))]
     raise KeyError((first, suffix))
