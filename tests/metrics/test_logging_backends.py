@@ -508,7 +508,7 @@ def test_pipeline_setup_creates_the_backends(tmp_path, wandb_env):
     assert pipe.validate() is None
     # only the logger is under test: skip the tokenizer training and model init that follow it
     pipe.src.tokenizer = lambda: None
-    pipe.src.model = lambda tok, key: (None, None)
+    pipe.src.model = lambda tok, key, init=None: (None, None)
     pipe.setup()
     try:
         assert pipe.logger.backends == ("jsonl", "tensorboard", "wandb")
