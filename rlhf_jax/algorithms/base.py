@@ -37,6 +37,7 @@ from rlhf_jax.losses.pg import kl_loss_term, policy_gradient_loss
 from rlhf_jax.losses.registry import Registry
 from rlhf_jax.losses.sft import next_token_loss
 from rlhf_jax.models import logits as lm_logits
+from rlhf_jax.models.lora import apply_lora, init_lora
 from rlhf_jax.sharding.jit import jit_step
 from rlhf_jax.sharding.mesh import logical_table
 
@@ -60,10 +61,36 @@ class RLSetup:
     #   task has a gold reward (offline algorithms)
     rm_norm: dict | None = None    # the reward model's normalisation {'gain', 'bias'}
     mesh: Any = None               # a (data, fsdp, tensor) jax Mesh: every iteration runs sharded
+    lora: Any = None               # LoRA (rank, alpha, targets; rank > 0): the state's policy is
+    #   adapters on ``policy_params``, which stay the reference (one copy, passed as frozen['ref'])
 
     @property
     def prompt_len(self) -> int:
         return int(self.prompt_ids.shape[1])
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora is not None and self.lora.rank > 0
+
+    def full_policy(self, policy, base):
+        """The policy's parameters from what the state holds: with LoRA, ``base`` (the reference)
+        with the adapters ``policy`` merged in (``W + alpha/rank · B·A``); else ``policy`` itself."""
+        if not self.uses_lora:
+            return policy
+        return apply_lora(jax.lax.stop_gradient(base), policy, self.lora.alpha / self.lora.rank)
+
+    def policy_of(self, params, hp):
+        """``full_policy`` of ``params['policy']`` inside an iteration (the base is ``hp['lora_base']``,
+        which the iteration adds from ``frozen['ref']``)."""
+        return self.full_policy(params["policy"], hp.get("lora_base"))
+
+    def initial_policy(self, rng):
+        """What the RL state starts from: fresh buffers of ``policy_params`` (the state is donated;
+        the reference must not alias it), or with LoRA the adapters (B = 0: the base's outputs)."""
+        if not self.uses_lora:
+            return jax.tree_util.tree_map(jnp.copy, self.policy_params)
+        return init_lora(self.policy_params, jax.random.fold_in(rng, 23), rank=self.lora.rank,
+                         targets=tuple(self.lora.targets))
 
     def jit_iteration(self, iteration: Callable):
         """``iteration(state, frozen, batch, hp)`` jitted with the state donated; on ``mesh``, with
@@ -177,7 +204,8 @@ def make_policy_loss(setup: RLSetup, sec, critic_loss: Callable | None = None):
 
     def loss_fn(params, mb, hp):
         mask = mb["loss_mask"]
-        logits, hidden = response_logits(cfg, params["policy"], mb["sequences"], mb["sequence_mask"], P)
+        policy = setup.policy_of(params, hp)
+        logits, hidden = response_logits(cfg, policy, mb["sequences"], mb["sequence_mask"], P)
         if "action_mask" in mb:  # NLPO: the policy restricted to the masking policy's top-p set
             logits = apply_action_mask(logits, mb["action_mask"])
         logp = token_logprobs(logits, mb["tokens"], hp["temperature"])
@@ -195,7 +223,7 @@ def make_policy_loss(setup: RLSetup, sec, critic_loss: Callable | None = None):
             loss = loss + hp["vf_coef"] * vf_loss
             metrics.update(vm, **{"loss/value": vf_loss})
         if use_ptx:
-            ptx_logits = lm_logits(cfg, params["policy"], mb["ptx_ids"], mb["ptx_mask"])
+            ptx_logits = lm_logits(cfg, policy, mb["ptx_ids"], mb["ptx_mask"])
             ptx_loss, _ = next_token_loss(ptx_logits, mb["ptx_ids"], mb["ptx_mask"])
             loss = loss + hp["ptx_coef"] * ptx_loss
             metrics["loss/ptx"] = ptx_loss
@@ -228,11 +256,13 @@ def make_onpolicy_iteration(setup: RLSetup, sec, *, tx, targets: Callable, loss_
     kl_update = KL_CONTROLLERS.get(sec.kl.controller if kl_used else "fixed")
 
     def iteration(state: RLState, frozen, batch, hp):
+        if setup.uses_lora:
+            hp = dict(hp, lora_base=frozen["ref"])
         if begin is not None:
             state = begin(state, hp)
         rng, gen_rng, perm_rng, aux_rng = jax.random.split(state.rng, 4)
         pp = None if processor_params is None else processor_params(state, hp)
-        s, metrics = sample(state.train.params["policy"], frozen, batch["prompt_ids"],
+        s, metrics = sample(setup.policy_of(state.train.params, hp), frozen, batch["prompt_ids"],
                             batch["prompt_mask"], gen_rng, hp, pp)
         hp = dict(hp, kl_coef=state.kl.beta)
         data, target_metrics, state = targets(state, s, frozen, batch, hp, aux_rng)
@@ -328,7 +358,13 @@ class Algorithm:
 
     @staticmethod
     def policy(state: RLState):
+        """What the state holds of the policy (with LoRA its adapters: ``RLSetup.full_policy``)."""
         return state.train.params["policy"]
+
+    @property
+    def trains_adapters(self) -> bool:
+        """Whether the family can train LoRA adapters instead of the whole policy."""
+        return getattr(self.family, "lora", False)
 
 
 ALGORITHMS: Registry = Registry("algorithm")

@@ -71,6 +71,8 @@ def action_masks(cfg, mask_params, sequences, sequence_mask, tokens, prompt_len,
 class MaskedActorCritic(ActorCritic):
     """The actor-critic family with NLPO's masked action space."""
 
+    lora = False  # its masking policy is a copy of the whole policy
+
     vector_keys = ActorCritic.vector_keys + ("top_p",)
 
     @staticmethod

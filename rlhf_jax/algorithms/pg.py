@@ -15,7 +15,6 @@ resampling) and logs their fraction as ``group/zero_variance_frac``.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from rlhf_jax.algorithms.base import (RLSetup, check_common, init_rl_state, make_onpolicy_iteration,
@@ -30,6 +29,8 @@ from rlhf_jax.sampling import generate
 
 class CriticFree:
     """Sequence-level advantages from k samples per prompt (or a greedy / running baseline)."""
+
+    lora = True  # the policy may be LoRA adapters (RLSetup.lora)
 
     vector_keys = ("adv_eps", "baseline_decay")
 
@@ -71,7 +72,7 @@ class CriticFree:
 
     @staticmethod
     def init(setup: RLSetup, sec, rng):
-        params = jax.tree_util.tree_map(jnp.copy, {"policy": setup.policy_params})
+        params = {"policy": setup.initial_policy(rng)}
         return init_rl_state(params, section_optimizer(sec), sec.kl.beta, rng)
 
     @staticmethod
@@ -105,7 +106,7 @@ class CriticFree:
                 adv = R - b
                 metrics["policy/baseline"] = jnp.mean(b)
             elif sec.advantage == "remax":
-                g = greedy_scores(state.train.params["policy"], frozen, batch, hp, rng)
+                g = greedy_scores(setup.policy_of(state.train.params, hp), frozen, batch, hp, rng)
                 adv = remax_advantages(R, g)
                 metrics["policy/baseline"] = g.mean()
             else:

@@ -41,6 +41,8 @@ def actor_critic_optimizer(sec) -> optax.GradientTransformation:
 class ActorCritic:
     """GAE with a learned critic."""
 
+    lora = True  # the policy may be LoRA adapters (RLSetup.lora); the critic is trained whole
+
     vector_keys = ("critic_lr", "vf_coef", "vf_clip", "gamma", "lam")
 
     @staticmethod
@@ -70,7 +72,7 @@ class ActorCritic:
         else:  # a separate critic initialised from the reward model (RLHF_NOTES)
             critic, d_model = {"backbone": setup.rm_params["backbone"]}, setup.rm_cfg.d_model
         critic["head"] = init_value_head(head_rng, d_model)
-        params = jax.tree_util.tree_map(jnp.copy, {"policy": setup.policy_params, "critic": critic})
+        params = {"policy": setup.initial_policy(rng), "critic": jax.tree_util.tree_map(jnp.copy, critic)}
         return init_rl_state(params, actor_critic_optimizer(sec), sec.kl.beta, state_rng)
 
     @staticmethod
@@ -85,16 +87,16 @@ class ActorCritic:
         shared = getattr(sec, "critic", "separate") == "shared"
         P = setup.prompt_len
 
-        def values_of(params, sequences, sequence_mask, hidden=None):
+        def values_of(params, sequences, sequence_mask, hp, hidden=None):
             if shared:
                 if hidden is None:
-                    _, hidden = response_logits(setup.model_cfg, params["policy"], sequences,
+                    _, hidden = response_logits(setup.model_cfg, setup.policy_of(params, hp), sequences,
                                                 sequence_mask, P)
                 return token_scalars(params["critic"]["head"], hidden)
             return critic_values(setup.rm_cfg, params["critic"], sequences, sequence_mask, P)
 
         def targets(state, s, frozen, batch, hp, rng):
-            values = values_of(state.train.params, s.sequences, s.sequence_mask)
+            values = values_of(state.train.params, s.sequences, s.sequence_mask, hp)
             values, _, adv, returns, metrics = ppo_targets(
                 s, values, hp["kl_coef"], hp, kl_estimator=sec.kl.estimator,
                 kl_in_reward=sec.kl.placement == "reward", whiten_rewards=sec.whiten_rewards)
@@ -102,7 +104,7 @@ class ActorCritic:
             return data, metrics, state
 
         def critic_loss(params, mb, hidden, hp):
-            values = values_of(params, mb["sequences"], mb["sequence_mask"], hidden if shared else None)
+            values = values_of(params, mb["sequences"], mb["sequence_mask"], hp, hidden if shared else None)
             return ppo_value_loss(values, mb["values"], mb["returns"], mb["loss_mask"], hp["vf_clip"])
 
         return targets, critic_loss

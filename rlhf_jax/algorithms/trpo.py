@@ -63,6 +63,8 @@ class TrustRegion(ActorCritic):
     """TRPO: the actor-critic family (its needs, targets and critic loss) with a natural-gradient,
     line-searched policy step in place of the clipped-surrogate epochs."""
 
+    lora = False  # its natural-gradient step works on the whole policy
+
     vector_keys = ("lr", "max_kl", "cg_damping", "backtrack_coef", "vf_clip", "gamma", "lam",
                    "temperature", "reward_clip", "no_eos_penalty", "kl.beta", "kl.target", "kl.horizon")
 

@@ -41,3 +41,29 @@ def check_micro_batches(cfg) -> None:
         if sc.batch_size % sc.micro_batches:
             raise ConfigError(f"{name}.micro_batches ({sc.micro_batches}) must divide {name}.batch_size "
                               f"({sc.batch_size}): gradients are accumulated over equal slices")
+
+
+def check_lora(cfg, algo) -> None:
+    """``lora.*``: known kernel names, and an algorithm that can train adapters."""
+    from rlhf_jax.models.lora import TARGETS
+
+    lc = cfg.lora
+    bad = [t for t in lc.targets if t not in TARGETS]
+    if bad:
+        raise ConfigError(f"lora.targets: unknown kernel {bad[0]!r}; the kernels are "
+                          f"{', '.join(TARGETS)}")
+    if lc.rank > 0 and not lc.targets:
+        raise ConfigError("lora.targets is empty: name the kernels that get adapters")
+    if lc.rank > 0 and not algo.trains_adapters:
+        from rlhf_jax.algorithms.base import ALGORITHMS
+
+        ok = [n for n in ALGORITHMS.names() if ALGORITHMS.get(n).trains_adapters]
+        raise ConfigError(f"lora.rank = {lc.rank}: algorithm {cfg.algorithm!r} trains the whole "
+                          f"policy (LoRA adapters: {', '.join(ok)}); set lora.rank=0")
+
+
+def check_run(cfg, algo) -> None:
+    """Every cross-key check of a run's config that needs no file (before any compute)."""
+    check_needs(cfg, algo)
+    check_micro_batches(cfg)
+    check_lora(cfg, algo)

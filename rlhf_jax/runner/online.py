@@ -205,7 +205,7 @@ class OnlineRounds:
         if rec is None or "end" in rec:
             return
         st, pipe = self.stage, self.pipe
-        policy = st.algo.policy(state)
+        policy = st.policy(state)
         ev = pipe.evaluate(policy, st.ref_params, st.eval_prompts, st.e_ids, st.e_mask,
                            pipe.cfg.eval.samples_per_prompt, key=pipe.rl_key,
                            decoder=st.algo.decoder(state, st.hp))
@@ -230,7 +230,7 @@ class OnlineRounds:
         ids, mask = encode_prompts(pipe.tok, prompts, pipe.P)
         _log(f"round {r}: sampling {rc.k} responses of the current policy to {n} prompts for new "
              f"comparisons")
-        samples = sample_many(pipe.model_cfg, st.algo.policy(state), ids, mask,
+        samples = sample_many(pipe.model_cfg, st.policy(state), ids, mask,
                               rng=jax.random.fold_in(pipe.rl_key, 100 + r), n=rc.k,
                               max_new_tokens=pipe.R, temperature=rc.sample_temperature,
                               eos_id=pipe.tok.eos_id, pad_id=pipe.tok.pad_id,

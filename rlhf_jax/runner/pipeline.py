@@ -50,7 +50,7 @@ from rlhf_jax.runner.rl_stage import (SAMPLES_FILE, RLStage, _copy_tree, _eval_m
                                       _samples_record)
 from rlhf_jax.runner.run_reuse import (_MAY_DIFFER, _check_reusable, _diff_keys, _may_change,
                                        _reuse_stages)
-from rlhf_jax.runner.checks import check_micro_batches, check_needs
+from rlhf_jax.runner.checks import check_run
 from rlhf_jax.runner.run_dir import (STOPPED_FILE, check_out_dir, load_npz, read_json, read_yaml,
                                      save_npz, write_json, write_yaml)
 from rlhf_jax.runner.schema import (ALGORITHM_SECTIONS, ExperimentConfig, algorithm_section,
@@ -78,8 +78,7 @@ class Pipeline:
         check_backends(cfg.logging)
         self.resolved = resolved_config(cfg)
         self.algo = ALGORITHMS.get(cfg.algorithm)
-        check_needs(cfg, self.algo)
-        check_micro_batches(cfg)
+        check_run(cfg, self.algo)
         self.src = sources.Sources(cfg, self.run_dir)
         self.src.check_data(_log)
         self.rl_prompts = self.src.rl_prompts()
@@ -457,7 +456,7 @@ class Pipeline:
         cfg, ec = self.cfg, self.cfg.eval
         eval_prompts = self.src.eval_prompts()
         e_ids, e_mask = encode_prompts(self.tok, eval_prompts, self.P)
-        policy = self.algo.policy(state)
+        policy = self.stage.policy(state)
         final = self.evaluate(policy, ref_params, eval_prompts, e_ids, e_mask, ec.samples_per_prompt,
                               key=self.rl_key, decoder=self.algo.decoder(state, self.stage.hp))
         own = self.stage.own_eval(policy)

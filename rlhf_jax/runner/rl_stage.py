@@ -79,7 +79,7 @@ class RLStage:
                         response_len=pipe.R, eos_id=pipe.tok.eos_id, pad_id=pipe.tok.pad_id,
                         seed=pipe.rl_seed, ptx=pipe.pretrain_data if ptx else None, preferences=prefs,
                         rm_norm={k: rm_info[k] for k in ("gain", "bias")} if "gain" in rm_info else None,
-                        mesh=pipe.mesh)
+                        mesh=pipe.mesh, lora=cfg.lora)
         self.setup = self.algo.prepare(setup, sec)
         self.ref_params = _copy_tree(sft_params)
         self.frozen = frozen_inputs(self.setup, self.ref_params,
@@ -129,13 +129,17 @@ class RLStage:
         self.bar.set_metrics({label: metrics[k] for label, k in self.algo.progress_metrics if k in metrics})
         if (it + 1) % sec.eval_every == 0 and it + 1 < sec.iterations:
             state = get_state()
-            policy = self.algo.policy(state)
+            policy = self.policy(state)
             ev = pipe.evaluate(policy, self.ref_params, self.eval_prompts, self.e_ids,
                                self.e_mask, 1, key=pipe.rl_key, decoder=self.algo.decoder(state, self.hp))
             pipe.logger.log(it + 1, {**_eval_metrics(ev), **self.own_eval(policy)}, stage="eval")
         if (it + 1) % self.checkpoint_every == 0 or it + 1 == sec.iterations or it + 1 in self.save_at:
             pipe.ckpt.save("rl", it + 1, {"rl": get_state()}, {"done": it + 1 == sec.iterations})
             self.good = it + 1
+
+    def policy(self, state):
+        """The policy's parameters in ``state`` (with LoRA, merged into the reference)."""
+        return self.setup.full_policy(self.algo.policy(state), self.ref_params)
 
     def own_eval(self, policy) -> dict:
         """The algorithm's own held-out metrics of ``policy`` (e.g. DPO's implicit accuracy)."""

@@ -320,7 +320,7 @@ def _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model, step=None)
         pol_stage = stage
     elif need_rl:
         pol_params, pol_step, decoder = _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes,
-                                                    rm_shapes(), step)
+                                                    rm_shapes(), step, base=ref_params)
         pol_stage = "rl"
 
     summary = read_json(os.path.join(run_dir, "summary.json"), "delete it to redo the final "
@@ -333,9 +333,10 @@ def _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model, step=None)
                      summary=summary, policy_decoder=decoder)
 
 
-def _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes, rm_shapes, step=None):
+def _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes, rm_shapes, step=None, base=None):
     """The newest RL checkpoint's policy (or step ``step``'s), restored into the algorithm's own
-    state (as ``Pipeline.rl`` builds it, shapes only)."""
+    state (as ``Pipeline.rl`` builds it, shapes only); with LoRA, its adapters merged into ``base``
+    (the reference)."""
     algo = ALGORITHMS.get(cfg.algorithm)
     sec = algorithm_section(cfg)
     P, R = cfg.data.max_prompt_len, cfg.data.max_response_len
@@ -343,7 +344,7 @@ def _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes, rm_shapes, step
     rl_seed = cfg.run.seed if cfg.run.rl_seed is None else cfg.run.rl_seed
     setup = RLSetup(model_cfg=model_cfg, rm_cfg=rm_cfg, policy_params=None, rm_params=None,
                     prompt_ids=ids, prompt_mask=mask, response_len=R, eos_id=tok.eos_id,
-                    pad_id=tok.pad_id, seed=rl_seed, ptx=None)
+                    pad_id=tok.pad_id, seed=rl_seed, ptx=None, lora=cfg.lora)
 
     def init(policy, rm, rng):
         return algo.init(dataclasses.replace(setup, policy_params=policy, rm_params=rm), sec, rng)
@@ -353,4 +354,5 @@ def _restore_rl(cfg, src, tok, model_cfg, rm_cfg, ck, lm_shapes, rm_shapes, step
     restored, meta = (ck.restore_newest("rl", template) if step is None else
                       ck.restore("rl", template, step=step))
     state = restored["rl"]
-    return algo.policy(state), int(meta["step"]), algo.decoder(state, algo.hparams(sec))
+    return (setup.full_policy(algo.policy(state), base), int(meta["step"]),
+            algo.decoder(state, algo.hparams(sec)))

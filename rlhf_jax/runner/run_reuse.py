@@ -57,7 +57,7 @@ def _step3_key(key: str) -> bool:
     head = key.split(".")[0]
     if head == "run":
         return key != "run.seed"  # the seed of steps 1-2 (run.rl_seed is step 3's own)
-    return head in ("algorithm", "logging", "online") + ALGORITHM_SECTIONS
+    return head in ("algorithm", "lora", "logging", "online") + ALGORITHM_SECTIONS
 
 
 def _steps12_id(cfg) -> str:

@@ -15,6 +15,7 @@ from rlhf_jax.algorithms.sections import OptimizerFields
 from rlhf_jax.algorithms.sections import ranged as _r
 from rlhf_jax.data.preferences import PREFERENCE_FORMATS
 from rlhf_jax.models.config import ATTENTION, REMAT_POLICIES
+from rlhf_jax.models.lora import TARGETS as LORA_TARGETS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +130,17 @@ class OnlineConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """LoRA in step 3 (``models/lora.py``): the policy trains low-rank adapters ``W + alpha/rank · B·A``
+    on the chosen kernels and the optimizer holds only them (and a critic); the reference is the
+    base itself (one copy). The final policy is the merged weights (``export`` writes them)."""
+    rank: int = _r(0, 0)                 # adapter rank r (0: train the whole policy)
+    alpha: float = _r(16.0, 0.0)         # adapters are scaled by alpha / rank
+    targets: tuple[str, ...] = LORA_TARGETS  # kernels that get adapters (a model has only some:
+    #   GPT-2 no gate_kernel); of qkv_kernel, o_kernel, up_kernel, gate_kernel, down_kernel
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     samples_per_prompt: int = _r(4, 1)   # gold reward of the policy: mean over samples
     best_of_n: int = _r(16, 1)           # best-of-n baseline of the initial policy
@@ -162,7 +174,7 @@ class MeshConfig:
 
 _BEFORE = [("model", ModelConfig), ("task", TaskConfig), ("data", DataConfig),
            ("pretrain", PretrainConfig), ("sft", SFTConfig), ("reward", RewardConfig)]
-_AFTER = [("online", OnlineConfig), ("eval", EvalConfig), ("run", RunConfig), ("logging", LoggingConfig),
+_AFTER = [("lora", LoRAConfig), ("online", OnlineConfig), ("eval", EvalConfig), ("run", RunConfig), ("logging", LoggingConfig),
           ("mesh", MeshConfig)]
 
 ALGORITHM_SECTIONS: tuple[str, ...] = tuple(ALGORITHMS.names())
