@@ -15,7 +15,10 @@ Side by side in one run, on whatever backend JAX has (the CPU here; a GPU or TPU
     python experiments/bench_train_step.py                         # GPT-2-small size, T=512, B=2
     python experiments/bench_train_step.py --preset tiny --seq 64 --batch 8 --repeats 5
 
-LoRA is not in this script yet (adapters are not implemented).
+The ``lora`` variant trains rank-8 adapters on every attention and MLP kernel (scan over layers):
+the base weights enter the step as an argument (not as constants), the gradient flows to the
+adapters only, so the step needs no weight gradients of the base: its utilisation is counted
+against 4·N FLOPs per token (forward and input gradients) plus attention, the full step's against 6·N.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def matmul_peak(m: int, k: int, n: int, dtype, repeats: int) -> float:
     return 2 * m * k * n / best_time(f, a, b, repeats=repeats)
 
 
-def variant(cfg, batch, repeats):
+def variant(cfg, batch, repeats, lora_rank: int = 0):
     """(compile s, steady step s, planned peak bytes, loss) of one training step configuration."""
     import jax
     import jax.numpy as jnp
@@ -49,22 +52,32 @@ def variant(cfg, batch, repeats):
     from rlhf_jax.algorithms.step import make_train_step
     from rlhf_jax.algorithms.train_state import create_state, make_optimizer
     from rlhf_jax.models import init_params
+    from rlhf_jax.models.lora import apply_lora, init_lora
 
     tx = make_optimizer(1e-4)
-    step = make_train_step(make_lm_loss(cfg), tx)
-    state = create_state(init_params(cfg, jax.random.PRNGKey(0)), tx)
+    params, hp = init_params(cfg, jax.random.PRNGKey(0)), None
+    lm_loss = make_lm_loss(cfg)
+    if lora_rank:
+        def loss(adapters, b, hp):  # the base as an argument: not baked into the program
+            return lm_loss(apply_lora(jax.lax.stop_gradient(hp["base"]), adapters, 2.0), b, hp)
+
+        step = make_train_step(loss, tx)
+        state, hp = create_state(init_lora(params, jax.random.PRNGKey(1), rank=lora_rank), tx), {"base": params}
+    else:
+        step = make_train_step(lm_loss, tx)
+        state = create_state(params, tx)
     t0 = time.perf_counter()
-    compiled = step.lower(state, batch, None).compile()
+    compiled = step.lower(state, batch, hp).compile()
     compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     peak = None if mem is None else (mem.argument_size_in_bytes + mem.output_size_in_bytes
                                      - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
-    state, m = compiled(state, batch, None)  # a warm-up call
+    state, m = compiled(state, batch, hp)  # a warm-up call
     jax.block_until_ready(m)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        state, m = compiled(state, batch, None)
+        state, m = compiled(state, batch, hp)
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t0)
     steady = min(times)
@@ -79,7 +92,7 @@ def main():
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", default="scan,noscan,remat-full,remat-dots",
-                    help="comma list of: scan, noscan, remat-full, remat-dots, bf16")
+                    help="comma list of: scan, noscan, remat-full, remat-dots, bf16, lora")
     args = ap.parse_args()
 
     import jax
@@ -115,20 +128,26 @@ def main():
     configs = {"scan": base.replace(scan_layers=True), "noscan": base.replace(scan_layers=False),
                "remat-full": base.replace(scan_layers=True, remat="full"),
                "remat-dots": base.replace(scan_layers=True, remat="dots"),
-               "bf16": base.replace(scan_layers=True, dtype="bfloat16")}
+               "bf16": base.replace(scan_layers=True, dtype="bfloat16"),
+               "lora": base.replace(scan_layers=True)}
     rows = {}
     for name in wanted:
-        compile_s, step_s, peak_mem, loss = variant(configs[name], batch, args.repeats)
+        compile_s, step_s, peak_mem, loss = variant(configs[name], batch, args.repeats,
+                                                    lora_rank=8 if name == "lora" else 0)
         peak = peak16 if name == "bf16" else peak32
+        flops = (4 * n + 12 * L * T * D) * B * T if name == "lora" else flops_per_step
         rows[name] = (compile_s, step_s, peak_mem)
         mem = "n/a" if peak_mem is None else f"{peak_mem / 2 ** 20:8.1f} MiB"
         print(f"{name:11s} | compile {compile_s:6.1f} s | step {step_s * 1e3:8.1f} ms | "
-              f"{B * T / step_s:8.0f} tok/s | MFU {flops_per_step / step_s / peak:6.1%} of the measured "
+              f"{B * T / step_s:8.0f} tok/s | MFU {flops / step_s / peak:6.1%} of the measured "
               f"peak | planned peak memory {mem} | loss {loss:.4f}", flush=True)
     if "scan" in rows and "noscan" in rows:
         print(f"scan over layers: compile {rows['scan'][0]:.1f} s against {rows['noscan'][0]:.1f} s unrolled "
               f"({rows['noscan'][0] / max(rows['scan'][0], 1e-9):.2f}x); step {rows['noscan'][1] / rows['scan'][1]:.2f}x "
               f"the unrolled loop's speed")
+    if "lora" in rows and "scan" in rows:
+        print(f"lora (rank 8): step {rows['scan'][1] / rows['lora'][1]:.2f}x the full step's speed; "
+              f"compile {rows['lora'][0]:.1f} s")
     for name in ("remat-full", "remat-dots"):
         if name in rows and "scan" in rows and rows[name][2] and rows["scan"][2]:
             print(f"{name}: planned peak memory {rows[name][2] / rows['scan'][2]:.2f}x, "
