@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from rlhf_jax.interrupts import deferred_interrupts
+from rlhf_jax.sharding.distributed import barrier, is_primary
 
 
 class RunCheckpoints:
@@ -79,7 +80,9 @@ class RunCheckpoints:
         self._managers.pop(stage).close()
         for b in bad:
             src = os.path.join(self.root, stage, str(b))
-            os.replace(src, f"{src}.unreadable")
+            if is_primary():
+                os.replace(src, f"{src}.unreadable")
+            barrier(f"set aside {src}")
             print(f"[rlhf_jax] checkpoint {src} is unreadable ({why}); moved it to {src}.unreadable "
                   f"and resumed {stage} from step {good}", file=sys.stderr, flush=True)
 

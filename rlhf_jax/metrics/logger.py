@@ -203,7 +203,10 @@ class MetricsLogger:
 
     def truncate_after(self, stage: str, step: int) -> int:
         """Drop lines logged after checkpoint (``stage``, ``step``); see :func:`truncate_metrics`.
-        The mirrors drop them too (rebuilt at the next :meth:`log` or :meth:`close`)."""
+        The mirrors drop them too (rebuilt at the next :meth:`log` or :meth:`close`). A logger
+        without the jsonl backend (another host's, in a multi-host run) leaves the file alone."""
+        if "jsonl" not in self.backends:
+            return 0
         if self._file is not None:
             self._file.close()
         dropped = truncate_metrics(self.run_dir, stage, step)

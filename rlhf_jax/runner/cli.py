@@ -122,7 +122,12 @@ def _run_command(args) -> int:
 
     cfg = load_config(ExperimentConfig, args.config, args.overrides)
     check_overrides(cfg, args.overrides)
+    _join_processes(cfg.distributed)
     summary = run_experiment(cfg, stop_after=args.stop_after)
+    from rlhf_jax.sharding.distributed import is_primary
+
+    if not is_primary():  # process 0 reports for a multi-host run
+        return 0
     if summary is None:
         print(f"steps 1-2 done: {cfg.run.out_dir}")
         return 0
@@ -132,3 +137,26 @@ def _run_command(args) -> int:
         if isinstance(v, float):
             print(f"  {k:28s} {v:.4f}")
     return 0
+
+
+def _join_processes(d) -> None:
+    """``distributed.*``: form one runtime with the other processes, before any device is touched."""
+    from rlhf_jax.runner.config_loader import ConfigError
+
+    if not d.enabled:
+        given = [k for k in ("coordinator", "num_processes", "process_id") if getattr(d, k) is not None]
+        if given:
+            raise ConfigError(f"distributed.{given[0]} is set but distributed.enabled is false "
+                              f"(set distributed.enabled=true to run as several processes)")
+        return
+    if d.num_processes is not None and d.process_id is not None and d.process_id >= d.num_processes:
+        raise ConfigError(f"distributed.process_id = {d.process_id} must be below distributed."
+                          f"num_processes = {d.num_processes}")
+    from rlhf_jax.sharding.distributed import initialize
+
+    try:
+        initialize(d.coordinator, d.num_processes, d.process_id)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"distributed.enabled: cannot join the other processes ({_message(e)}); "
+                          f"set distributed.coordinator, num_processes and process_id, or run under "
+                          f"SLURM or on a TPU pod slice where JAX finds them") from None

@@ -12,6 +12,7 @@ import numpy as np
 from rlhf_jax.algorithms.rollout import response_logits
 from rlhf_jax.losses.common import token_logprobs
 from rlhf_jax.sampling import generate
+from rlhf_jax.sharding.distributed import to_host
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "prompt_len"))
@@ -45,7 +46,7 @@ def sample_many(cfg, params, prompt_ids: np.ndarray, prompt_mask: np.ndarray, *,
         out = generate(cfg, params, cid, cm, rng=jax.random.fold_in(rng, i),
                        max_new_tokens=max_new_tokens, temperature=temperature, eos_id=eos_id,
                        pad_id=pad_id, processor=processor, processor_params=pparams)
-        host = jax.device_get({k: getattr(out, k) for k in outs})
+        host = to_host({k: getattr(out, k) for k in outs})  # whole, on every host
         for k in outs:
             outs[k].append(host[k][: chunk - pad])
     return {k: np.concatenate(v) for k, v in outs.items()}
@@ -88,5 +89,5 @@ def kl_of_samples(cfg, params, ref_params, samples: dict, temperature: float, pr
         else:
             kl = sequence_kl(cfg, params, ref_params, part["sequences"], part["sequence_mask"],
                              part["mask"], part["tokens"], np.float32(temperature), prompt_len=prompt_len)
-        out.append(np.asarray(kl)[: chunk - pad])
+        out.append(to_host(kl)[: chunk - pad])
     return np.concatenate(out)

@@ -30,6 +30,7 @@ from rlhf_jax.algorithms.reward_model import (init_reward_model, make_rm_loss, n
 from rlhf_jax.algorithms.sft import lm_target_count, make_lm_loss
 from rlhf_jax.algorithms.step import DegenerateError, TrainingError, make_train_step
 from rlhf_jax.sharding.jit import sharded_init
+from rlhf_jax.sharding.distributed import barrier, is_primary
 from rlhf_jax.sharding.memory import estimate, mesh_shape
 from rlhf_jax.sharding.mesh import device_mesh, logical_table, place, tree_shardings
 from rlhf_jax.algorithms.sections import optimizer_kwargs
@@ -64,7 +65,7 @@ class Pipeline:
         self.key = jax.random.PRNGKey(cfg.run.seed)
         self.rl_seed = cfg.run.seed if cfg.run.rl_seed is None else cfg.run.rl_seed
         self.rl_key = self.key if cfg.run.rl_seed is None else jax.random.PRNGKey(cfg.run.rl_seed)
-        self.show = None if cfg.run.progress else False
+        self.show = None if cfg.run.progress and is_primary() else False
         self.times: dict[str, float] = {}
         self.mesh = None  # set by validate()
 
@@ -163,18 +164,20 @@ class Pipeline:
             if "reward_model.json" not in self.reused:
                 _log(f"run.reuse_from: reusing step 1 of {cfg.run.reuse_from}; step 2 is made again "
                      f"(its reward.* settings differ)")
-            _reuse_stages(cfg.run.reuse_from, self.run_dir, self.reused)
+            if is_primary():
+                _reuse_stages(cfg.run.reuse_from, self.run_dir, self.reused)
+            barrier("reuse_from")
             self._read_kept()  # the copied files, verified
         if self.adopt_config or self.rewrite_config or not os.path.exists(cfg_path):
             write_yaml(cfg_path, self.resolved)
-        if os.path.exists(os.path.join(self.run_dir, STOPPED_FILE)):
+        if os.path.exists(os.path.join(self.run_dir, STOPPED_FILE)) and is_primary():
             os.remove(os.path.join(self.run_dir, STOPPED_FILE))
         self.ckpt = RunCheckpoints(self.run_dir)
         resume = any(self.ckpt.latest_step(s) is not None for s in PIPELINE_STAGES)
         if resume:
             _log(f"resuming the run in {self.run_dir}")
-        self.logger = MetricsLogger.from_config(self.run_dir, cfg.logging, resume=resume,
-                                                config=self.resolved)
+        self.logger = (MetricsLogger.from_config(self.run_dir, cfg.logging, resume=resume, config=self.resolved)
+                       if is_primary() else MetricsLogger(self.run_dir, backends=(), resume=resume))
         self.tok = self.src.tokenizer()
         init = None if self.mesh is None else (  # created sharded; a checkpoint is placed shard by shard
             lambda c, r: sharded_init(lambda k: init_params(c, k), self.mesh, logical_table(c), r))
@@ -395,7 +398,7 @@ class Pipeline:
         finished = self.validate()
         if finished is not None:
             _log(f"{self.run_dir} holds a finished run: nothing to do (its summary follows)")
-            if not os.path.exists(os.path.join(self.run_dir, "report.md")):
+            if not os.path.exists(os.path.join(self.run_dir, "report.md")) and is_primary():
                 write_report(self.run_dir, plots=self.cfg.run.plots)
             return finished
         self.setup()
@@ -489,7 +492,8 @@ class Pipeline:
         self.logger.close()
         self.ckpt.close()
         write_json(os.path.join(self.run_dir, "summary.json"), summary)  # from here on, the run is done
-        write_report(self.run_dir, plots=self.cfg.run.plots)
+        if is_primary():
+            write_report(self.run_dir, plots=self.cfg.run.plots)
         _log("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
         return summary
 

@@ -18,6 +18,7 @@ from rlhf_jax.data.encoding import encode_prompts
 from rlhf_jax.metrics.logger import progress
 from rlhf_jax.runner.evaluation import decode_responses
 from rlhf_jax.runner.schema import algorithm_section
+from rlhf_jax.sharding.distributed import is_primary
 from rlhf_jax.sharding.memory import add, estimate, mesh_shape
 
 if TYPE_CHECKING:
@@ -25,7 +26,8 @@ if TYPE_CHECKING:
 
 
 def _log(msg: str) -> None:
-    print(f"[rlhf_jax] {msg}", file=sys.stderr, flush=True)
+    if is_primary():  # one voice for a multi-host run
+        print(f"[rlhf_jax] {msg}", file=sys.stderr, flush=True)
 
 
 def _copy_tree(tree):

@@ -5,8 +5,9 @@ A run keeps, between stages, ``config.yaml`` (the resolved config), ``reward_dat
 comparisons), ``reward_model.json`` (held-out accuracy, normalisation), ``eval_initial.json``,
 ``summary.json`` (written last: its presence means the run finished) and, after a non-finite stop,
 ``stopped.json`` (stage, step and metric; a rerun may then change that stage's settings). Writes go
-to a temporary file renamed over the target, so a crash leaves the old file or the new one, never
-half of one; a file that cannot be read back raises :class:`RunDirError` naming it and what to do.
+to a temporary file renamed over the target (by process 0 alone in a multi-host run), so a crash
+leaves the old file or the new one, never half of one; a file that cannot be read back raises
+:class:`RunDirError` naming it and what to do.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import zipfile
 import numpy as np
 
 from rlhf_jax.interrupts import deferred_interrupts
+from rlhf_jax.sharding.distributed import barrier, is_primary
 
 __all__ = ["RunDirError", "check_out_dir", "write_json", "write_yaml", "save_npz", "read_json",
            "read_yaml", "load_npz", "STOPPED_FILE"]
@@ -51,13 +53,16 @@ def check_out_dir(path: str) -> None:
 
 
 def _atomic_write(path: str, write) -> None:
-    tmp = f"{path}.tmp"
-    with deferred_interrupts():
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    """In a multi-host run process 0 writes, and every process returns once the file is there."""
+    if is_primary():
+        tmp = f"{path}.tmp"
+        with deferred_interrupts():
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    barrier(f"write {os.path.abspath(path)}")
 
 
 def write_json(path: str, obj) -> None:

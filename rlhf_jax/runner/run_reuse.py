@@ -39,7 +39,7 @@ def _check_reusable(src: str, resolved: dict) -> tuple[str, ...]:
     old = read_yaml(src_cfg, f"run.reuse_from cannot use {src}")
     if old is None:
         raise ConfigError(f"run.reuse_from: no run at {src} (no config.yaml)")
-    diff = [k for k in _diff_keys(old, resolved, ignore={"mesh"}) if not _step3_key(k)]
+    diff = [k for k in _diff_keys(old, resolved, ignore={"mesh", "distributed"}) if not _step3_key(k)]
     before = [k for k in diff if not k.startswith("reward.")]
     if before:
         raise ConfigError(f"run.reuse_from: {src} was made with a different config before step 3 "
@@ -87,10 +87,10 @@ def _reuse_stages(src: str, dst: str, names: tuple[str, ...] = _REUSED) -> None:
             shutil.copy2(a, b)
 
 
-_MAY_DIFFER = {"run.progress", "run.plots", "run.out_dir", "logging", "mesh"}
+_MAY_DIFFER = {"run.progress", "run.plots", "run.out_dir", "logging", "mesh", "distributed"}
 """Keys a rerun may change freely: progress display, where the directory is (it may be moved), the
-logging backends (each is rebuilt from metrics.jsonl) and the device mesh (checkpoints restore
-onto any mesh)."""
+logging backends (each is rebuilt from metrics.jsonl), the device mesh (checkpoints restore
+onto any mesh) and the processes it spans."""
 
 _REWARD_TRAINING = tuple(f"reward.{k}" for k in ("lr", "warmup", "b1", "b2", "eps", "weight_decay",
                                                   "max_grad_norm", "epochs", "batch_size", "margin",

@@ -172,10 +172,22 @@ class MeshConfig:
     tensor: int = _r(1, -1)              # tensor parallel: heads, MLP width and vocabulary split
 
 
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Several processes (hosts) as one mesh, through ``jax.distributed`` (read by the ``run``
+    command before anything touches a device). Every process runs the same command; process 0
+    writes the run directory, which must be on storage every host sees."""
+    enabled: bool = False
+    coordinator: Optional[str] = None    # "host:port" of process 0; None: JAX finds it (the
+    #   JAX_COORDINATOR_ADDRESS variable, SLURM, a Cloud TPU pod slice)
+    num_processes: Optional[int] = _r(None, 1)  # None: from the environment, as the coordinator
+    process_id: Optional[int] = _r(None, 0)     # this process's index, 0 .. num_processes - 1
+
+
 _BEFORE = [("model", ModelConfig), ("task", TaskConfig), ("data", DataConfig),
            ("pretrain", PretrainConfig), ("sft", SFTConfig), ("reward", RewardConfig)]
 _AFTER = [("lora", LoRAConfig), ("online", OnlineConfig), ("eval", EvalConfig), ("run", RunConfig), ("logging", LoggingConfig),
-          ("mesh", MeshConfig)]
+          ("mesh", MeshConfig), ("distributed", DistributedConfig)]
 
 ALGORITHM_SECTIONS: tuple[str, ...] = tuple(ALGORITHMS.names())
 """One config section per registered algorithm, named after it; only the chosen one is read."""

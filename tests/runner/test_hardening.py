@@ -259,6 +259,9 @@ CASES = {
                         ["lora.targets", "'qkv'", "qkv_kernel"]),
     "ovr-lora-algorithm": (_over("lora.rank=4", "algorithm=trpo"), ["lora.rank", "'trpo'", "rloo", "lora.rank=0"]),
     "ovr-lora-rank": (_over("lora.rank=-1"), ["lora.rank", "-1"]),
+    "ovr-distributed-off": (_over("distributed.process_id=1"), ["distributed.process_id", "distributed.enabled"]),
+    "ovr-distributed-id": (_over("distributed.enabled=true", "distributed.num_processes=2",
+                                 "distributed.process_id=2"), ["distributed.process_id = 2", "num_processes = 2"]),
     # --- data files
     "data-missing": (lambda w, b: ([w / "tiny.yaml", f"run.out_dir={w / 'out_dm'}",
                                     f"data.preferences={w / 'missing.jsonl'}"], w / "out_dm"),
