@@ -37,7 +37,7 @@ from rlhf_jax.losses.pg import kl_loss_term, policy_gradient_loss
 from rlhf_jax.losses.registry import Registry
 from rlhf_jax.losses.sft import next_token_loss
 from rlhf_jax.models import logits as lm_logits
-from rlhf_jax.models.lora import apply_lora, init_lora
+from rlhf_jax.models.lora import apply_lora, init_lora, lora_variables
 from rlhf_jax.sharding.jit import jit_step
 from rlhf_jax.sharding.mesh import logical_table
 
@@ -61,7 +61,7 @@ class RLSetup:
     #   task has a gold reward (offline algorithms)
     rm_norm: dict | None = None    # the reward model's normalisation {'gain', 'bias'}
     mesh: Any = None               # a (data, fsdp, tensor) jax Mesh: every iteration runs sharded
-    lora: Any = None               # LoRA (rank, alpha, targets; rank > 0): the state's policy is
+    lora: Any = None               # LoRA (rank, alpha, dropout, targets; rank > 0): the state's policy is
     #   adapters on ``policy_params``, which stay the reference (one copy, passed as frozen['ref'])
 
     @property
@@ -79,9 +79,14 @@ class RLSetup:
             return policy
         return apply_lora(jax.lax.stop_gradient(base), policy, self.lora.alpha / self.lora.rank)
 
-    def policy_of(self, params, hp):
+    def policy_of(self, params, hp, train: bool = False):
         """``full_policy`` of ``params['policy']`` inside an iteration (the base is ``hp['lora_base']``,
-        which the iteration adds from ``frozen['ref']``)."""
+        which the iteration adds from ``frozen['ref']``). ``train``: the loss's forward, where LoRA
+        dropout (``lora.dropout`` > 0) applies: the adapters unmerged beside the base, each step's
+        masks from ``hp['dropout_rng']``."""
+        if train and self.uses_lora and self.lora.dropout > 0:
+            return lora_variables(jax.lax.stop_gradient(hp["lora_base"]), params["policy"],
+                                  self.lora.alpha / self.lora.rank, self.lora.dropout, hp["dropout_rng"])
         return self.full_policy(params["policy"], hp.get("lora_base"))
 
     def initial_policy(self, rng):
@@ -204,7 +209,7 @@ def make_policy_loss(setup: RLSetup, sec, critic_loss: Callable | None = None):
 
     def loss_fn(params, mb, hp):
         mask = mb["loss_mask"]
-        policy = setup.policy_of(params, hp)
+        policy = setup.policy_of(params, hp, train=True)
         logits, hidden = response_logits(cfg, policy, mb["sequences"], mb["sequence_mask"], P)
         if "action_mask" in mb:  # NLPO: the policy restricted to the masking policy's top-p set
             logits = apply_action_mask(logits, mb["action_mask"])

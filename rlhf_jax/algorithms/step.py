@@ -127,17 +127,20 @@ def run_epochs(loss_fn: Callable, tx: optax.GradientTransformation, state: Train
                rng, *, epochs: int, minibatches: int):
     """``epochs`` passes over ``data`` (a dict of ``[B, ...]`` arrays), each a random permutation cut
     into ``minibatches`` equal minibatches (``B % minibatches`` trailing rows of a permutation are
-    left out of that pass). Returns ``(state, metrics)`` with every metric averaged over all steps."""
+    left out of that pass). Returns ``(state, metrics)`` with every metric averaged over all steps.
+    Each step's ``hparams`` carry its own ``dropout_rng`` (LoRA dropout in the loss)."""
     B = jax.tree_util.tree_leaves(data)[0].shape[0]
     mb_size = B // minibatches
 
     def epoch(state, key):
         perm = jax.random.permutation(key, B)[: minibatches * mb_size].reshape(minibatches, mb_size)
 
-        def minibatch(state, idx):
-            return gradient_step(loss_fn, tx, state, jax.tree_util.tree_map(lambda x: x[idx], data), hparams)
+        def minibatch(state, xs):
+            idx, k = xs
+            return gradient_step(loss_fn, tx, state, jax.tree_util.tree_map(lambda x: x[idx], data),
+                                 dict(hparams, dropout_rng=k))
 
-        return jax.lax.scan(minibatch, state, perm)
+        return jax.lax.scan(minibatch, state, (perm, jax.random.split(jax.random.fold_in(key, 7), minibatches)))
 
     state, metrics = jax.lax.scan(epoch, state, jax.random.split(rng, epochs))
     return state, jax.tree_util.tree_map(jnp.mean, metrics)

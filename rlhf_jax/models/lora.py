@@ -10,7 +10,11 @@ optimizer holds only the adapters; the base (the reference policy) is one copy, 
 at zero, so the adapted model starts as the base. The merged parameters are ordinary parameters:
 ``save_pretrained`` writes them as a Hugging Face directory.
 
-(Dropout on the adapter input, which the weight-merge form cannot express, is not implemented.)
+Dropout on the adapter input (``y = W·x + scale · B·A·drop(x)``) cannot be merged into a weight:
+``lora_variables`` gives the base with the adapters as a separate ``'lora'`` variable collection
+(each kernel's ``a``, ``b``, scale, rate and dropout key), which the model's projections read and
+apply unmerged (``transformer._lora_delta``). The training loss uses that form when the rate is
+above zero; sampling and every other forward use the merged weights.
 """
 
 from __future__ import annotations
@@ -61,6 +65,23 @@ def apply_lora(params, adapters: dict, scale: float):
         return (w.astype(jnp.float32) + delta.reshape(w.shape)).astype(w.dtype)
 
     return jax.tree_util.tree_map_with_path(one, params)
+
+
+def lora_variables(params, adapters: dict, scale: float, rate: float, rng):
+    """``params`` (a model's ``{'params': ...}``) plus a ``'lora'`` collection laid out like the
+    parameters: for each adapted kernel ``{'a', 'b', 'scale', 'rate', 'key'}`` (its own dropout
+    key, folded from ``rng``). The model applies ``scale · B·A·drop(x)`` beside the base kernel."""
+    lora: dict = {}
+    for i, (path, w) in enumerate(jax.tree_util.tree_flatten_with_path(params["params"])[0]):
+        ad = adapters.get(jax.tree_util.keystr((jax.tree_util.DictKey("params"),) + tuple(path)))
+        if ad is None:
+            continue
+        node = lora
+        for k in path[:-1]:
+            node = node.setdefault(k.key, {})
+        node[path[-1].key] = {"a": ad["a"], "b": ad["b"], "scale": jnp.float32(scale),
+                              "rate": jnp.asarray(rate, jnp.float32), "key": jax.random.fold_in(rng, i)}
+    return {**params, "lora": lora}
 
 
 def lora_loss(loss_fn, base, scale: float):

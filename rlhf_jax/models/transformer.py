@@ -55,6 +55,19 @@ def _param(module, name, init, shape, axes, dtype):
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, dtype)
 
 
+def _with_lora(module, name: str, x, y):
+    """``y = x·Wᵀ`` plus ``scale · drop(x)·Aᵀ·Bᵀ``, the LoRA adapter on kernel ``name``, when the
+    variables carry a ``'lora'`` collection for it (``models.lora.lora_variables``: the unmerged
+    form, for dropout); else ``y`` as it is. Inverted dropout at the adapter's rate, on its input."""
+    if not module.has_variable("lora", name):
+        return y
+    ad = module.get_variable("lora", name)
+    keep = 1.0 - ad["rate"]
+    xf = x.astype(jnp.float32)
+    xf = jnp.where(jax.random.bernoulli(ad["key"], keep, x.shape), xf / keep, 0.0)
+    return y + (((xf @ ad["a"].T) @ ad["b"].T) * ad["scale"]).astype(y.dtype)
+
+
 class Norm(nn.Module):
     cfg: TransformerConfig
 
@@ -105,7 +118,7 @@ class Attention(nn.Module):
         axes = ("kv_heads", None, "head_dim")
         w = _param(self, "qkv_kernel", init, (K, G + 2, H, D), axes + ("embed",), pdt)
         # One plain matmul against the [(N+2K)·H, D] view (a free reshape): no relayout per step.
-        qkv = linear(x, w.reshape(K * (G + 2) * H, D).astype(dt))
+        qkv = _with_lora(self, "qkv_kernel", x, linear(x, w.reshape(K * (G + 2) * H, D).astype(dt)))
         qkv = qkv.reshape(B, T, K, G + 2, H)
         if cfg.qkv_bias:
             qkv = qkv + _param(self, "qkv_bias", nn.initializers.zeros, (K, G + 2, H), axes, pdt).astype(dt)
@@ -132,7 +145,8 @@ class Attention(nn.Module):
         allowed = causal[None, :, :] & (key_mask[:, None, :] > 0)  # [B, T, S]
         out = attention(qg, k, v, allowed, cfg.attention).reshape(B, T, N, H)
         wo = _param(self, "o_kernel", init, (D, N, H), ("embed", "heads", "head_dim"), pdt)
-        y = linear(out.reshape(B, T, N * H), wo.reshape(D, N * H).astype(dt))
+        out = out.reshape(B, T, N * H)
+        y = _with_lora(self, "o_kernel", out, linear(out, wo.reshape(D, N * H).astype(dt)))
         if cfg.out_bias:
             y = y + _param(self, "o_bias", nn.initializers.zeros, (D,), ("embed",), pdt).astype(dt)
         return y, new_cache
@@ -150,7 +164,7 @@ class MLP(nn.Module):
 
         def dense(name, n_out, n_in, axes, inp):  # kernel [out, in]
             w = _param(self, f"{name}_kernel", init, (n_out, n_in), axes, pdt)
-            y = linear(inp, w.astype(dt))
+            y = _with_lora(self, f"{name}_kernel", inp, linear(inp, w.astype(dt)))
             if cfg.mlp_bias:
                 y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (n_out,), axes[:1], pdt).astype(dt)
             return y
@@ -223,12 +237,13 @@ class Transformer(nn.Module):
         remat = cfg.remat != "none" and cache is None and not self.is_initializing()
         if cfg.scans_layers and cache is None and cfg.n_layers > 1 and not self.is_initializing():
             # One compiled block for every layer: stack the layer weights and scan over them.
-            layers = [self.variables["params"][f"layer_{i}"] for i in range(cfg.n_layers)]
+            cols = [c for c in ("params", "lora") if c in self.variables]
+            layers = [{c: self.variables[c][f"layer_{i}"] for c in cols} for i in range(cfg.n_layers)]
             stacked = jax.tree_util.tree_map(lambda *ws: jnp.stack(ws), *layers)
             block = Block(cfg, parent=None)
 
-            def body(h, layer_params):
-                h, _ = block.apply({"params": layer_params}, h, positions, key_mask, 0, None)
+            def body(h, layer_vars):
+                h, _ = block.apply(layer_vars, h, positions, key_mask, 0, None)
                 return h, None
 
             x, _ = jax.lax.scan(jax.checkpoint(body, policy=policy) if remat else body, x, stacked)

@@ -136,6 +136,8 @@ class LoRAConfig:
     base itself (one copy). The final policy is the merged weights (``export`` writes them)."""
     rank: int = _r(0, 0)                 # adapter rank r (0: train the whole policy)
     alpha: float = _r(16.0, 0.0)         # adapters are scaled by alpha / rank
+    dropout: float = _r(0.0, 0.0, 0.9)   # dropout on the adapters' input in the training loss
+    #   (not in sampling, the old logprobs or evaluation)
     targets: tuple[str, ...] = LORA_TARGETS  # kernels that get adapters (a model has only some:
     #   GPT-2 no gate_kernel); of qkv_kernel, o_kernel, up_kernel, gate_kernel, down_kernel
 

@@ -94,3 +94,60 @@ def test_targets_and_rank_are_checked(base):
     with pytest.raises(ValueError, match="LoRA target"):
         init_lora(base, jax.random.PRNGKey(0), rank=2, targets=("nothing",))
     assert set(TARGETS) >= {"qkv_kernel", "o_kernel"}
+
+
+def _rich(ad):
+    """Adapters with B ≠ 0 (a trained-looking delta)."""
+    keys = iter(jax.random.split(jax.random.PRNGKey(5), 2 * len(ad)))
+    return {k: {"a": v["a"], "b": 0.05 * jax.random.normal(next(keys), v["b"].shape)} for k, v in ad.items()}
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_unmerged_form_without_dropout_is_the_merged_model(base, scan):
+    """``lora_variables`` at rate 0 (the adapters beside the kernels) gives the merged weights' logits,
+    with and without scan over layers; a rate above 0 changes them, by its key."""
+    from rlhf_jax.models.lora import lora_variables
+
+    cfg = CFG.replace(scan_layers=scan)
+    ad = _rich(init_lora(base, jax.random.PRNGKey(1), rank=RANK))
+    ids = jnp.asarray(_batch()["input_ids"])
+    merged = np.asarray(forward(cfg, apply_lora(base, ad, ALPHA / RANK), ids)[0])
+    apart = np.asarray(forward(cfg, lora_variables(base, ad, ALPHA / RANK, 0.0, jax.random.PRNGKey(3)), ids)[0])
+    np.testing.assert_allclose(apart, merged, atol=1e-5)
+    k1, k2 = (np.asarray(forward(cfg, lora_variables(base, ad, ALPHA / RANK, 0.3, jax.random.PRNGKey(k)), ids)[0])
+              for k in (3, 4))
+    again = np.asarray(forward(cfg, lora_variables(base, ad, ALPHA / RANK, 0.3, jax.random.PRNGKey(3)), ids)[0])
+    np.testing.assert_array_equal(k1, again)
+    assert np.abs(k1 - merged).max() > 1e-2 and np.abs(k1 - k2).max() > 1e-2
+
+
+def test_dropout_on_the_adapter_input_by_hand(base):
+    """One MLP with an adapter on ``down_kernel``: y = down(h) + scale·B·A·(m ⊙ h / keep), m the
+    Bernoulli(keep) mask of the adapter's key; averaged over keys it is the merged MLP's output."""
+    from rlhf_jax.models.transformer import MLP
+
+    cfg = CFG
+    p = base["params"]["layer_0"]["mlp"]
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((RANK, cfg.d_ff)).astype(np.float32) / np.sqrt(cfg.d_ff)
+    b = rng.standard_normal((cfg.d_model, RANK)).astype(np.float32) * 0.1
+    x = rng.standard_normal((2, 3, cfg.d_model)).astype(np.float32)
+    rate, scale = 0.25, 2.0
+
+    def mlp(key):
+        lora = {"down_kernel": {"a": a, "b": b, "scale": jnp.float32(scale), "rate": jnp.float32(rate),
+                                "key": key}}
+        return np.asarray(MLP(cfg).apply({"params": p, "lora": lora}, jnp.asarray(x)))
+
+    h = np.asarray(jax.nn.gelu(jnp.asarray(x @ np.asarray(p["up_kernel"]).T + np.asarray(p["up_bias"])),
+                               approximate=True))
+    plain = h @ np.asarray(p["down_kernel"]).T + np.asarray(p["down_bias"])
+    key = jax.random.PRNGKey(9)
+    m = np.asarray(jax.random.bernoulli(key, 1 - rate, h.shape))
+    want = plain + scale * ((m * h / (1 - rate)) @ a.T) @ b.T
+    np.testing.assert_allclose(mlp(key), want, rtol=2e-5, atol=2e-5)
+    assert 0.6 < m.mean() < 0.9  # about keep = 0.75 of the inputs kept
+    merged = plain + scale * (h @ a.T) @ b.T
+    mean = np.mean([mlp(k) for k in jax.random.split(jax.random.PRNGKey(10), 400)], axis=0)
+    delta = np.abs(merged - plain).max()
+    assert np.abs(mean - merged).max() < 0.1 * delta, (np.abs(mean - merged).max(), delta)
