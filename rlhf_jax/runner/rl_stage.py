@@ -106,12 +106,19 @@ class RLStage:
         _log(f"step 3: {cfg.algorithm} for {sec.iterations} iterations of {n_resp} responses"
              + (f" ({pipe.run_dir})" if pipe.show is False else ""))
         L, shape = pipe.P + pipe.R, mesh_shape(pipe.mesh)
-        mem = add(estimate(pipe.model_cfg, batch=n_resp // getattr(sec, "minibatches", 1), seq_len=L,
-                           mesh_shape=shape, kv_batch=n_resp, kv_len=L),
-                  estimate(pipe.model_cfg, batch=0, seq_len=L, mesh_shape=shape, trained=False),
-                  *([estimate(pipe.rm_cfg, batch=0, seq_len=L, mesh_shape=shape, trained=False)]
-                    if pipe.rm_cfg is not None else []))
-        _log(f"rl: memory per device (estimate; policy, reference and reward model): {mem.line()}")
+        policy = dict(batch=n_resp // getattr(sec, "minibatches", 1), seq_len=L, mesh_shape=shape,
+                      kv_batch=n_resp, kv_len=L)
+        if self.setup.uses_lora:  # the base is the reference; adapters (and a critic) are trained
+            trained = sum(x.size for x in jax.tree_util.tree_leaves(self.state.train.params))
+            held = [estimate(pipe.model_cfg, **policy, trained_params=trained)]
+            what = "base = reference, adapters, reward model"
+        else:
+            held = [estimate(pipe.model_cfg, **policy),
+                    estimate(pipe.model_cfg, batch=0, seq_len=L, mesh_shape=shape, trained=False)]
+            what = "policy, reference and reward model"
+        mem = add(*held, *([estimate(pipe.rm_cfg, batch=0, seq_len=L, mesh_shape=shape, trained=False)]
+                           if pipe.rm_cfg is not None else []))
+        _log(f"rl: memory per device (estimate; {what}): {mem.line()}")
         self.bar = progress(sec.iterations, cfg.algorithm, initial=self.start, force=pipe.show)
 
     def batch(self, it: int) -> dict:

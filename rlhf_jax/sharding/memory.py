@@ -46,18 +46,20 @@ def param_count(cfg) -> int:
 
 
 def estimate(cfg, *, batch: int, seq_len: int, mesh_shape=(1, 1, 1), trained: bool = True,
-             kv_batch: int = 0, kv_len: int = 0) -> MemoryEstimate:
+             kv_batch: int = 0, kv_len: int = 0, trained_params: int | None = None) -> MemoryEstimate:
     """Bytes per device of one model ``cfg`` trained on ``batch`` sequences of ``seq_len`` tokens
     (``trained=False``: held only, e.g. the reference) and sampling ``kv_batch`` rows of
-    ``kv_len`` positions, on a ``(data, fsdp, tensor)`` mesh."""
+    ``kv_len`` positions, on a ``(data, fsdp, tensor)`` mesh. ``trained_params``: the model is held
+    fixed and only that many float32 parameters beside it are trained (LoRA adapters, a critic)."""
     data, fsdp, tensor = mesh_shape
     n = param_count(cfg)
     split = fsdp * tensor
     p_bytes = np.dtype(cfg.param_dtype).itemsize
     a_bytes = np.dtype(cfg.dtype).itemsize
-    params = n * p_bytes // split
-    optimizer = 2 * n * 4 // split if trained else 0
-    gradients = n * 4 // split if trained else 0
+    tp = n if trained_params is None else trained_params
+    params = n * p_bytes // split + (0 if trained_params is None else trained_params * 4 // split)
+    optimizer = 2 * tp * 4 // split if trained else 0
+    gradients = tp * 4 // split if trained else 0
     b = math.ceil(batch / (data * fsdp))
     T, D, N = seq_len, cfg.d_model, cfg.n_heads / tensor
     per_block = T * b * D * (34 + 5 * N * T / D) * (a_bytes / 2)

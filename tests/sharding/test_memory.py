@@ -38,3 +38,11 @@ def test_full_remat_keeps_only_block_inputs_and_one_block():
     remat = estimate(cfg.replace(remat="full"), batch=8, seq_len=64).activations
     per_block = plain / cfg.n_layers
     assert remat == pytest.approx(cfg.n_layers * 64 * 8 * 64 * 4 + per_block, abs=1)
+
+
+def test_lora_counts_the_base_once_and_moments_of_the_adapters_only():
+    n, t = 141056, 8192  # the tiny model, and 8192 trained parameters beside it (adapters, a head)
+    full = estimate(tiny(), batch=4, seq_len=32)
+    lora = estimate(tiny(), batch=4, seq_len=32, trained_params=t)
+    assert lora.params == n * 4 + t * 4 and lora.optimizer == 2 * t * 4 and lora.gradients == t * 4
+    assert lora.activations == full.activations
