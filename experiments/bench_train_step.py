@@ -15,10 +15,17 @@ Side by side in one run, on whatever backend JAX has (the CPU here; a GPU or TPU
     python experiments/bench_train_step.py                         # GPT-2-small size, T=512, B=2
     python experiments/bench_train_step.py --preset tiny --seq 64 --batch 8 --repeats 5
 
-The ``lora`` variant trains rank-8 adapters on every attention and MLP kernel (scan over layers):
-the base weights enter the step as an argument (not as constants), the gradient flows to the
-adapters only, so the step needs no weight gradients of the base: its utilisation is counted
-against 4·N FLOPs per token (forward and input gradients) plus attention, the full step's against 6·N.
+The ``ppo-scan`` / ``ppo-noscan`` variants time the compile of one whole PPO iteration (sample
+``--rl-new`` tokens for ``--rl-batch`` prompts of ``--rl-prompt`` tokens, reference / reward /
+critic forwards, GAE, one gradient step of policy and critic) at the preset's size, as tracing,
+lowering and XLA compile, with and without scan over layers. Nothing of it is run.
+
+The ``lora`` variant trains rank-8 adapters on every attention and MLP kernel (scan over layers) as
+training does, unmerged beside the base kernels (``lora_variables``): the base weights enter the
+step as an argument (not as constants), the gradient flows to the adapters only, so the step needs
+no weight gradients of the base: its utilisation is counted against 4·N FLOPs per token (forward
+and input gradients) plus attention, the full step's against 6·N. ``lora-merged`` is the same loss
+through the merged weights ``W + s·B·A``, whose gradient computes every ``∂L/∂W`` in full.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ def matmul_peak(m: int, k: int, n: int, dtype, repeats: int) -> float:
     return 2 * m * k * n / best_time(f, a, b, repeats=repeats)
 
 
-def variant(cfg, batch, repeats, lora_rank: int = 0):
+def variant(cfg, batch, repeats, lora_rank: int = 0, merged: bool = False):
     """(compile s, steady step s, planned peak bytes, loss) of one training step configuration."""
     import jax
     import jax.numpy as jnp
@@ -52,14 +59,15 @@ def variant(cfg, batch, repeats, lora_rank: int = 0):
     from rlhf_jax.algorithms.step import make_train_step
     from rlhf_jax.algorithms.train_state import create_state, make_optimizer
     from rlhf_jax.models import init_params
-    from rlhf_jax.models.lora import apply_lora, init_lora
+    from rlhf_jax.models.lora import apply_lora, init_lora, lora_variables
 
     tx = make_optimizer(1e-4)
     params, hp = init_params(cfg, jax.random.PRNGKey(0)), None
     lm_loss = make_lm_loss(cfg)
     if lora_rank:
         def loss(adapters, b, hp):  # the base as an argument: not baked into the program
-            return lm_loss(apply_lora(jax.lax.stop_gradient(hp["base"]), adapters, 2.0), b, hp)
+            form = apply_lora if merged else lora_variables
+            return lm_loss(form(jax.lax.stop_gradient(hp["base"]), adapters, 2.0), b, hp)
 
         step = make_train_step(loss, tx)
         state, hp = create_state(init_lora(params, jax.random.PRNGKey(1), rank=lora_rank), tx), {"base": params}
@@ -84,6 +92,38 @@ def variant(cfg, batch, repeats, lora_rank: int = 0):
     return compile_s, steady, peak, float(jnp.asarray(m["optim/loss"]))
 
 
+def rl_compile(cfg, algo_name: str, batch: int, prompt_len: int, new_tokens: int):
+    """(trace s, lower s, compile s) of one iteration of ``algo_name`` at ``cfg``'s size (random
+    weights; the reward model and critic are the same shape as the policy)."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from rlhf_jax.algorithms.base import RLSetup, frozen_inputs
+    from rlhf_jax.algorithms.registry import ALGORITHMS
+    from rlhf_jax.algorithms.reward_model import init_reward_model
+    from rlhf_jax.models import init_params
+
+    algo = ALGORITHMS.get(algo_name)
+    sec = dataclasses.replace(algo.section(), batch_size=batch, epochs=1, minibatches=1)
+    policy = init_params(cfg, jax.random.PRNGKey(0))
+    rm = init_reward_model(cfg, init_params(cfg, jax.random.PRNGKey(1)), jax.random.PRNGKey(2))
+    ids = np.random.default_rng(0).integers(3, cfg.vocab_size, (batch, prompt_len)).astype(np.int32)
+    setup = RLSetup(model_cfg=cfg, rm_cfg=cfg, policy_params=policy, rm_params=rm, prompt_ids=ids,
+                    prompt_mask=np.ones_like(ids), response_len=new_tokens, eos_id=-1, pad_id=0, seed=0)
+    iteration, hp = algo.make_iteration(setup, sec), algo.hparams(sec)
+    frozen = frozen_inputs(setup, policy, {"gain": 1.0, "bias": 0.0})
+    state = algo.init(setup, sec, jax.random.PRNGKey(3))
+    t0 = time.perf_counter()
+    traced = iteration.trace(state, frozen, algo.batch(setup, sec, 0), hp)
+    t1 = time.perf_counter()
+    lowered = traced.lower()
+    t2 = time.perf_counter()
+    lowered.compile()
+    return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="gpt2-small")
@@ -91,8 +131,12 @@ def main():
     ap.add_argument("--seq", type=int, default=512)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variants", default="scan,noscan,remat-full,remat-dots",
-                    help="comma list of: scan, noscan, remat-full, remat-dots, bf16, lora")
+    ap.add_argument("--variants", default="scan,noscan,remat-full,remat-dots,lora,lora-merged,ppo-scan,ppo-noscan",
+                    help="comma list of: scan, noscan, remat-full, remat-dots, bf16, lora, lora-merged, "
+                         "ppo-scan, ppo-noscan")
+    ap.add_argument("--rl-batch", type=int, default=16, help="PPO compile variants: rollouts per iteration")
+    ap.add_argument("--rl-prompt", type=int, default=16, help="PPO compile variants: prompt tokens")
+    ap.add_argument("--rl-new", type=int, default=32, help="PPO compile variants: sampled tokens")
     args = ap.parse_args()
 
     import jax
@@ -129,13 +173,23 @@ def main():
                "remat-full": base.replace(scan_layers=True, remat="full"),
                "remat-dots": base.replace(scan_layers=True, remat="dots"),
                "bf16": base.replace(scan_layers=True, dtype="bfloat16"),
-               "lora": base.replace(scan_layers=True)}
+               "lora": base.replace(scan_layers=True), "lora-merged": base.replace(scan_layers=True)}
     rows = {}
-    for name in wanted:
+    for name in [w for w in wanted if w.startswith("ppo-")]:
+        cfg = base.replace(scan_layers=name == "ppo-scan", max_len=max(base.max_len, args.rl_prompt + args.rl_new))
+        tr, lo, co = rl_compile(cfg, "ppo", args.rl_batch, args.rl_prompt, args.rl_new)
+        rows[name] = tr + lo + co
+        print(f"{name:11s} | PPO iteration ({args.rl_batch} rollouts, {args.rl_prompt}+{args.rl_new} tokens): "
+              f"trace {tr:.1f} s + lower {lo:.1f} s + XLA compile {co:.1f} s = {tr + lo + co:.1f} s", flush=True)
+    if "ppo-scan" in rows and "ppo-noscan" in rows:
+        print(f"PPO iteration compile: {rows['ppo-scan']:.1f} s scanned against {rows['ppo-noscan']:.1f} s "
+              f"unrolled ({rows['ppo-noscan'] / rows['ppo-scan']:.2f}x)", flush=True)
+    for name in [w for w in wanted if not w.startswith("ppo-")]:
         compile_s, step_s, peak_mem, loss = variant(configs[name], batch, args.repeats,
-                                                    lora_rank=8 if name == "lora" else 0)
+                                                    lora_rank=8 if name.startswith("lora") else 0,
+                                                    merged=name == "lora-merged")
         peak = peak16 if name == "bf16" else peak32
-        flops = (4 * n + 12 * L * T * D) * B * T if name == "lora" else flops_per_step
+        flops = (4 * n + 12 * L * T * D) * B * T if name.startswith("lora") else flops_per_step
         rows[name] = (compile_s, step_s, peak_mem)
         mem = "n/a" if peak_mem is None else f"{peak_mem / 2 ** 20:8.1f} MiB"
         print(f"{name:11s} | compile {compile_s:6.1f} s | step {step_s * 1e3:8.1f} ms | "
@@ -147,7 +201,8 @@ def main():
               f"the unrolled loop's speed")
     if "lora" in rows and "scan" in rows:
         print(f"lora (rank 8): step {rows['scan'][1] / rows['lora'][1]:.2f}x the full step's speed; "
-              f"compile {rows['lora'][0]:.1f} s")
+              f"compile {rows['lora'][0]:.1f} s"
+              + (f"; {rows['lora-merged'][1] / rows['lora'][1]:.2f}x the merged form's" if "lora-merged" in rows else ""))
     for name in ("remat-full", "remat-dots"):
         if name in rows and "scan" in rows and rows[name][2] and rows["scan"][2]:
             print(f"{name}: planned peak memory {rows[name][2] / rows['scan'][2]:.2f}x, "

@@ -81,12 +81,13 @@ class RLSetup:
 
     def policy_of(self, params, hp, train: bool = False):
         """``full_policy`` of ``params['policy']`` inside an iteration (the base is ``hp['lora_base']``,
-        which the iteration adds from ``frozen['ref']``). ``train``: the loss's forward, where LoRA
-        dropout (``lora.dropout`` > 0) applies: the adapters unmerged beside the base, each step's
-        masks from ``hp['dropout_rng']``."""
-        if train and self.uses_lora and self.lora.dropout > 0:
+        which the iteration adds from ``frozen['ref']``). ``train``: the loss's forward, where LoRA's
+        adapters run unmerged beside the base (no weight gradients of the base) and ``lora.dropout``
+        applies, each step's masks from ``hp['dropout_rng']``."""
+        if train and self.uses_lora:
+            rate = self.lora.dropout
             return lora_variables(jax.lax.stop_gradient(hp["lora_base"]), params["policy"],
-                                  self.lora.alpha / self.lora.rank, self.lora.dropout, hp["dropout_rng"])
+                                  self.lora.alpha / self.lora.rank, rate, hp["dropout_rng"] if rate else None)
         return self.full_policy(params["policy"], hp.get("lora_base"))
 
     def initial_policy(self, rng):

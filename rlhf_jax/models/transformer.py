@@ -58,13 +58,14 @@ def _param(module, name, init, shape, axes, dtype):
 def _with_lora(module, name: str, x, y):
     """``y = x·Wᵀ`` plus ``scale · drop(x)·Aᵀ·Bᵀ``, the LoRA adapter on kernel ``name``, when the
     variables carry a ``'lora'`` collection for it (``models.lora.lora_variables``: the unmerged
-    form, for dropout); else ``y`` as it is. Inverted dropout at the adapter's rate, on its input."""
+    form training uses); else ``y`` as it is. With a rate: inverted dropout on the adapter's input."""
     if not module.has_variable("lora", name):
         return y
     ad = module.get_variable("lora", name)
-    keep = 1.0 - ad["rate"]
     xf = x.astype(jnp.float32)
-    xf = jnp.where(jax.random.bernoulli(ad["key"], keep, x.shape), xf / keep, 0.0)
+    if "rate" in ad:
+        keep = 1.0 - ad["rate"]
+        xf = jnp.where(jax.random.bernoulli(ad["key"], keep, x.shape), xf / keep, 0.0)
     return y + (((xf @ ad["a"].T) @ ad["b"].T) * ad["scale"]).astype(y.dtype)
 
 
