@@ -227,7 +227,10 @@ class Transformer(nn.Module):
 
         embed = _param(self, "embedding", nn.initializers.normal(0.02), (cfg.vocab_size, cfg.d_model),
                        ("vocab", "embed"), cfg.jnp_param_dtype)
-        x = embed.astype(cfg.jnp_dtype)[input_ids]
+        # On a mesh the table's width is split over fsdp while the tokens are split by batch: the
+        # lookup reads a table gathered over fsdp (as every FSDP weight is, per use), so XLA need not
+        # reshard the looked-up rows (no-op without the mesh's rules: sharding.jit).
+        x = nn.with_logical_constraint(embed, ("vocab", None)).astype(cfg.jnp_dtype)[input_ids]
         if cfg.positions == "learned":
             pos_table = _param(self, "pos_embedding", nn.initializers.normal(0.01),
                                (cfg.max_len, cfg.d_model), (None, "embed"), cfg.jnp_param_dtype)

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import jax
 
-from rlhf_jax.sharding.mesh import batch_shardings, place, replicated, tree_shardings
+from rlhf_jax.sharding.mesh import batch_shardings, mesh_rules, place, replicated, tree_shardings
 
 
 class ShardedStep:
@@ -36,7 +36,8 @@ class ShardedStep:
             self._jitted = jax.jit(self.fn, in_shardings=self._in,
                                    out_shardings=(self._in[0], replicated(self.mesh)),
                                    donate_argnums=self.donate_argnums)
-        return self._jitted(*(place(a, s) for a, s in zip(args, self._in)))
+        with mesh_rules(self.mesh):  # the model's activation constraints, while it is traced
+            return self._jitted(*(place(a, s) for a, s in zip(args, self._in)))
 
 
 def jit_step(fn: Callable, mesh=None, table: dict | None = None, *, batch_argnums: Sequence[int] = (),
@@ -52,5 +53,6 @@ def sharded_init(fn: Callable, mesh, table: dict, *args):
     state: Adam's moments are twice the parameters) is created sharded, never whole on one device."""
     from rlhf_jax.sharding.mesh import tree_shardings
 
-    shapes = jax.eval_shape(fn, *args)
-    return jax.jit(fn, out_shardings=tree_shardings(shapes, mesh, table))(*args)
+    with mesh_rules(mesh):
+        shapes = jax.eval_shape(fn, *args)
+        return jax.jit(fn, out_shardings=tree_shardings(shapes, mesh, table))(*args)

@@ -17,6 +17,7 @@ from a dimension it does not divide, so any model runs on any mesh (replicated w
 from __future__ import annotations
 
 import math
+import contextlib
 from typing import Any, Sequence
 
 import jax
@@ -38,6 +39,20 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("norm", None),
 )
 """Logical axis -> mesh axis (or axes, or None: not sharded): the only place that says so."""
+
+
+@contextlib.contextmanager
+def mesh_rules(mesh):
+    """``mesh`` as JAX's current mesh and :data:`RULES` as Flax's logical-axis rules, so the
+    model's ``nn.with_logical_constraint`` calls become sharding constraints while a step is
+    traced (outside, and with no mesh, they are no-ops)."""
+    import flax.linen as nn
+
+    if mesh is None:
+        yield
+        return
+    with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+        yield
 
 
 def resolve_shape(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[int, int, int]:
