@@ -67,3 +67,10 @@ def check_run(cfg, algo) -> None:
     check_needs(cfg, algo)
     check_micro_batches(cfg)
     check_lora(cfg, algo)
+    if cfg.reward.init == "scratch" and cfg.reward.preset is not None:
+        from rlhf_jax.models import get_preset
+
+        try:
+            get_preset(cfg.reward.preset)
+        except KeyError as e:
+            raise ConfigError(f"reward.preset: {e.args[0]}") from None

@@ -30,7 +30,7 @@ from rlhf_jax.algorithms.reward_model import (init_reward_model, make_rm_loss, n
 from rlhf_jax.algorithms.sft import lm_target_count, make_lm_loss
 from rlhf_jax.algorithms.step import DegenerateError, TrainingError, make_train_step
 from rlhf_jax.sharding.jit import sharded_init
-from rlhf_jax.sharding.distributed import barrier, is_primary
+from rlhf_jax.sharding.distributed import is_primary
 from rlhf_jax.sharding.memory import estimate, mesh_shape
 from rlhf_jax.sharding.mesh import device_mesh, logical_table, place, tree_shardings
 from rlhf_jax.algorithms.sections import optimizer_kwargs
@@ -89,11 +89,6 @@ class Pipeline:
         except ValueError as e:
             raise ConfigError(f"algorithm {cfg.algorithm!r}: {e}") from None
         check_online(cfg, self.algo)
-        if cfg.reward.init == "scratch" and cfg.reward.preset is not None:
-            try:
-                get_preset(cfg.reward.preset)
-            except KeyError as e:
-                raise ConfigError(f"reward.preset: {e.args[0]}") from None
         unused = [n for n in ALGORITHM_SECTIONS if n != cfg.algorithm
                   and getattr(cfg, n) != ALGORITHMS.get(n).section()]
         if unused:
@@ -164,9 +159,7 @@ class Pipeline:
             if "reward_model.json" not in self.reused:
                 _log(f"run.reuse_from: reusing step 1 of {cfg.run.reuse_from}; step 2 is made again "
                      f"(its reward.* settings differ)")
-            if is_primary():
-                _reuse_stages(cfg.run.reuse_from, self.run_dir, self.reused)
-            barrier("reuse_from")
+            _reuse_stages(cfg.run.reuse_from, self.run_dir, self.reused)
             self._read_kept()  # the copied files, verified
         if self.adopt_config or self.rewrite_config or not os.path.exists(cfg_path):
             write_yaml(cfg_path, self.resolved)
@@ -303,8 +296,10 @@ class Pipeline:
         tx = make_optimizer(rc.lr, total_steps=steps, **optimizer_kwargs(rc))
         step_fn = make_train_step(make_rm_loss(rm_cfg), tx, micro_batches=math.gcd(rc.micro_batches, bs),
                                   **self.sharded(rm_cfg))
-        _log(f"step 2: training the reward model on {len(train['input_ids'])} comparisons "
-             f"({steps} steps), {n_eval} held out")
+        done = self.ckpt.latest_step("reward") is not None and self.ckpt.restore_meta("reward").get("done")
+        _log("step 2: the reward model is trained already (restored from its checkpoint)" if done else
+             f"step 2: training the reward model on {len(train['input_ids'])} comparisons ({steps} steps), "
+             f"{n_eval} held out")
         t0 = time.time()
         state = supervised_loop(stage="reward", state=self.new_state(params, tx, rm_cfg), step_fn=step_fn,
                                 data=train, batch_size=bs, n_steps=steps, seed=cfg.run.seed,
@@ -398,7 +393,7 @@ class Pipeline:
         finished = self.validate()
         if finished is not None:
             _log(f"{self.run_dir} holds a finished run: nothing to do (its summary follows)")
-            if not os.path.exists(os.path.join(self.run_dir, "report.md")) and is_primary():
+            if not os.path.exists(os.path.join(self.run_dir, "report.md")):
                 write_report(self.run_dir, plots=self.cfg.run.plots)
             return finished
         self.setup()
@@ -492,8 +487,7 @@ class Pipeline:
         self.logger.close()
         self.ckpt.close()
         write_json(os.path.join(self.run_dir, "summary.json"), summary)  # from here on, the run is done
-        if is_primary():
-            write_report(self.run_dir, plots=self.cfg.run.plots)
+        write_report(self.run_dir, plots=self.cfg.run.plots)
         _log("done: " + ", ".join(f"{k}={v:.4g}" for k, v in summary.items() if isinstance(v, float)))
         return summary
 

@@ -236,8 +236,13 @@ def _rounds_section(rounds: list[dict], plots_dir: pathlib.Path | None) -> list[
 
 
 def write_report(run_dir: str | os.PathLike, plots: bool = True) -> pathlib.Path:
-    """Write ``run_dir/report.md`` and (``plots``) ``run_dir/plots/*.png``; returns the report's path."""
+    """Write ``run_dir/report.md`` and (``plots``) ``run_dir/plots/*.png``; returns the report's path.
+    In a multi-host run only process 0 writes."""
     from rlhf_jax.runner.run_dir import headless_pyplot
+    from rlhf_jax.sharding.distributed import is_primary
+
+    if not is_primary():
+        return pathlib.Path(run_dir) / "report.md"
 
     headless_pyplot()  # (the panels import pyplot themselves)
     run_dir = pathlib.Path(run_dir)
