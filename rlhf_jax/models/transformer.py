@@ -47,6 +47,7 @@ import jax.numpy as jnp
 from rlhf_jax.models.attention import attention
 from rlhf_jax.models.config import REMAT_POLICIES, TransformerConfig
 from rlhf_jax.models.cpu_kernels import linear
+from rlhf_jax.models.lora import adapter_delta
 
 Array = jax.Array
 
@@ -66,7 +67,7 @@ def _with_lora(module, name: str, x, y):
     if "rate" in ad:
         keep = 1.0 - ad["rate"]
         xf = jnp.where(jax.random.bernoulli(ad["key"], keep, x.shape), xf / keep, 0.0)
-    return y + (((xf @ ad["a"].T) @ ad["b"].T) * ad["scale"]).astype(y.dtype)
+    return y + adapter_delta(xf, ad["a"], ad["b"], ad["scale"]).astype(y.dtype)
 
 
 class Norm(nn.Module):

@@ -151,3 +151,20 @@ def test_dropout_on_the_adapter_input_by_hand(base):
     mean = np.mean([mlp(k) for k in jax.random.split(jax.random.PRNGKey(10), 400)], axis=0)
     delta = np.abs(merged - plain).max()
     assert np.abs(mean - merged).max() < 0.1 * delta, (np.abs(mean - merged).max(), delta)
+
+
+def test_adapter_delta_gradients_equal_autodiff():
+    """``adapter_delta``'s hand-written backward (contractions through the rank-r factors) gives
+    autodiff's gradients of ``scale·(x·Aᵀ)·Bᵀ`` for x, A and B, on a batch of sequences."""
+    from rlhf_jax.models.lora import adapter_delta
+
+    rng = np.random.default_rng(4)
+    x, a, b, w = (jnp.asarray(rng.standard_normal(s).astype(np.float32))
+                  for s in ((2, 5, 12), (3, 12), (7, 3), (2, 5, 7)))
+    scale = jnp.float32(1.5)
+    ours = jax.grad(lambda x, a, b: (adapter_delta(x, a, b, scale) * w).sum(), argnums=(0, 1, 2))(x, a, b)
+    plain = jax.grad(lambda x, a, b: ((((x @ a.T) @ b.T) * scale) * w).sum(), argnums=(0, 1, 2))(x, a, b)
+    for g, h in zip(ours, plain):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(h), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(adapter_delta(x, a, b, scale)), np.asarray(((x @ a.T) @ b.T) * scale),
+                               rtol=1e-6, atol=1e-6)
