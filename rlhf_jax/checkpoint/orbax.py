@@ -17,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from rlhf_jax.interrupts import deferred_interrupts
-from rlhf_jax.sharding.distributed import barrier, is_primary
+from rlhf_jax.sharding.distributed import on_primary
 
 
 class RunCheckpoints:
@@ -80,9 +80,7 @@ class RunCheckpoints:
         self._managers.pop(stage).close()
         for b in bad:
             src = os.path.join(self.root, stage, str(b))
-            if is_primary():
-                os.replace(src, f"{src}.unreadable")
-            barrier(f"set aside {src}")
+            on_primary(f"set aside {src}", os.replace, src, f"{src}.unreadable")
             print(f"[rlhf_jax] checkpoint {src} is unreadable ({why}); moved it to {src}.unreadable "
                   f"and resumed {stage} from step {good}", file=sys.stderr, flush=True)
 

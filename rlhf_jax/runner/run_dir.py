@@ -20,7 +20,7 @@ import zipfile
 import numpy as np
 
 from rlhf_jax.interrupts import deferred_interrupts
-from rlhf_jax.sharding.distributed import barrier, is_primary
+from rlhf_jax.sharding.distributed import on_primary
 
 __all__ = ["RunDirError", "check_out_dir", "write_json", "write_yaml", "save_npz", "read_json",
            "read_yaml", "load_npz", "STOPPED_FILE"]
@@ -54,7 +54,7 @@ def check_out_dir(path: str) -> None:
 
 def _atomic_write(path: str, write) -> None:
     """In a multi-host run process 0 writes, and every process returns once the file is there."""
-    if is_primary():
+    def once():
         tmp = f"{path}.tmp"
         with deferred_interrupts():
             with open(tmp, "wb") as f:
@@ -62,7 +62,8 @@ def _atomic_write(path: str, write) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-    barrier(f"write {os.path.abspath(path)}")
+
+    on_primary(f"write {os.path.abspath(path)}", once)
 
 
 def write_json(path: str, obj) -> None:

@@ -78,16 +78,18 @@ def _steps12_id(cfg) -> str:
 def _reuse_stages(src: str, dst: str, names: tuple[str, ...] = _REUSED) -> None:
     """Copy the finished artifacts ``names`` (what :func:`_check_reusable` said) of run ``src``
     into the new run ``dst`` (process 0 copies; every process returns once they are there)."""
-    from rlhf_jax.sharding.distributed import barrier, is_primary
+    from rlhf_jax.sharding.distributed import on_primary
 
-    for name in names if is_primary() else ():
-        a, b = os.path.join(src, name), os.path.join(dst, name)
-        if os.path.isdir(a):
-            shutil.copytree(a, b, dirs_exist_ok=True)
-        elif os.path.exists(a):
-            os.makedirs(os.path.dirname(b), exist_ok=True)
-            shutil.copy2(a, b)
-    barrier(f"reuse {dst}")
+    def copy():
+        for name in names:
+            a, b = os.path.join(src, name), os.path.join(dst, name)
+            if os.path.isdir(a):
+                shutil.copytree(a, b, dirs_exist_ok=True)
+            elif os.path.exists(a):
+                os.makedirs(os.path.dirname(b), exist_ok=True)
+                shutil.copy2(a, b)
+
+    on_primary(f"reuse {dst}", copy)
 
 
 _MAY_DIFFER = {"run.progress", "run.plots", "run.out_dir", "logging", "mesh", "distributed"}

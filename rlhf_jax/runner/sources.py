@@ -19,7 +19,7 @@ from rlhf_jax.models import get_preset, init_params
 from rlhf_jax.rewards.gold import get_gold
 from rlhf_jax.runner.config_loader import ConfigError
 from rlhf_jax.runner.run_dir import RunDirError
-from rlhf_jax.sharding.distributed import barrier, is_primary
+from rlhf_jax.sharding.distributed import on_primary
 from rlhf_jax.tasks import get_task
 
 
@@ -187,14 +187,16 @@ class Sources:
         """The run's tokenizer: configured, kept by the run, or trained on the task's texts now."""
         if self.existing_tokenizer() is None:
             out = os.path.join(self.run_dir, "tokenizer")
-            if is_primary():  # a multi-host run's other processes read what process 0 trained
+
+            def train():
                 texts = self.pretrain_texts() + [p + " " + c for p, c in self.demonstrations()]
                 if self.task is not None:
                     texts = texts + [" ".join(self.task.vocabulary())]
-                self._tok = train_tokenizer(texts, out, vocab_size=self.cfg.model.vocab_size)
-            barrier("tokenizer")
-            if self._tok is None:
-                self._tok = load_tokenizer(out)
+                return train_tokenizer(texts, out, vocab_size=self.cfg.model.vocab_size)
+
+            # a multi-host run's other processes read what process 0 trained
+            tok = on_primary("tokenizer", train)
+            self._tok = tok if tok is not None else load_tokenizer(out)
         return self._tok
 
     def model_config(self, vocab_size: int):

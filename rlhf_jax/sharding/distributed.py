@@ -8,9 +8,9 @@ devices, a mesh over them spans the hosts, and ``sharding.mesh.place`` makes eac
 only its own shards of a batch that every host holds (``jax.make_array_from_callback``); on CPU the
 collectives go through gloo.
 
-Every process runs the same program. Only process 0 writes the run directory (``is_primary``);
-``barrier`` makes the others wait until what it wrote is there, and ``to_host`` brings an array
-sharded across hosts to every host (``process_allgather``). None of the three touches a device or
+Every process runs the same program. Only process 0 writes the run directory: ``on_primary``
+runs a write there and makes the others wait (``barrier``) until it is done; ``to_host`` brings an
+array sharded across hosts to every host (``process_allgather``). None of them touches a device or
 initialises a backend in a single-process program, so a sweep's parent process can call them.
 """
 
@@ -53,6 +53,14 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def on_primary(name: str, fn, *args):
+    """``fn(*args)`` on process 0 alone (a write to the run directory), then every process waits
+    until it is done; returns its result on process 0, None on the others."""
+    out = fn(*args) if is_primary() else None
+    barrier(name)
+    return out
 
 
 def to_host(tree):

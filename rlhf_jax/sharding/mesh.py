@@ -16,8 +16,8 @@ from a dimension it does not divide, so any model runs on any mesh (replicated w
 
 from __future__ import annotations
 
-import math
 import contextlib
+import math
 from typing import Any, Sequence
 
 import jax
