@@ -46,6 +46,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from rlhf_jax.models.config import ARCHITECTURES, TransformerConfig, from_hf_config, to_hf_config
+from rlhf_jax.models.layout import to_layout, unstack_layers
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -321,7 +322,9 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> tuple[Tr
       dtype: parameter (and compute) dtype of the returned config and arrays.
 
     Returns:
-      ``(cfg, {'params': ...})`` with host numpy arrays in our layout. Everything (files, keys,
+      ``(cfg, {'params': ...})`` with host numpy arrays in our layout (the layers stacked when
+      ``cfg`` scans over them: ``models.layout``; a caller that changes ``scan_layers`` converts
+      with ``to_layout``). Everything (files, keys,
       shapes, dtypes) is validated before any tensor data is read; every failure raises
       ``HFCheckpointError`` naming the offending file (and key).
     """
@@ -399,7 +402,7 @@ def load_pretrained(path: str | os.PathLike, dtype: str = "float32") -> tuple[Tr
     params = _from_hf(cfg, tensors)
     params = jax.tree.map(lambda a: np.ascontiguousarray(a, dtype=np.dtype(jax.numpy.dtype(dtype))),
                           params)
-    return cfg, {"params": params}
+    return cfg, to_layout(cfg, {"params": params})
 
 
 # ----------------------------------------------------------------------------- saving
@@ -429,13 +432,14 @@ def save_pretrained(path: str | os.PathLike, cfg: TransformerConfig, params: Map
                     **config_extra) -> Path:
     """Write ``config.json`` and ``model.safetensors`` that ``transformers`` loads as ``cfg.family``.
 
-    ``params`` is ``{'params': ...}`` (or the inner dict) of numpy/jax arrays; tensors keep their
+    ``params`` is ``{'params': ...}`` (or the inner dict) of numpy/jax arrays, in either layout of the
+    layers (``models.layout``); tensors keep their
     dtype. ``config_extra`` entries are added to ``config.json`` (e.g. ``eos_token_id``). Returns
     the directory. The weights are written to a temporary file first and renamed into place.
     """
     _check_exportable(cfg)
     inner = params.get("params", params) if isinstance(params, Mapping) else params
-    host = jax.tree.map(np.asarray, jax.device_get(inner))
+    host = jax.tree.map(np.asarray, jax.device_get(unstack_layers(inner)))
     try:
         tensors = _to_hf(cfg, host)
     except (KeyError, TypeError, ValueError) as e:

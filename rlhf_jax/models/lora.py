@@ -1,7 +1,8 @@
 """LoRA (Hu et al. 2021) as a pytree transform over the model's parameters.
 
-Adapters are a separate tree ``{path: {'a': [r, in], 'b': [out, r]}}`` for the chosen kernels; the
-model never changes. ``apply_lora(params, adapters, scale)`` returns the parameters with
+Adapters are a separate tree ``{path: {'a': [r, in], 'b': [out, r]}}`` for the chosen kernels (with
+a leading layer axis, ``[L, r, in]`` and ``[L, out, r]``, on the stacked layers of a model that
+scans over them); the model never changes. ``apply_lora(params, adapters, scale)`` returns the parameters with
 ``W + scale · B·A`` on every adapted kernel (``scale = alpha / rank``), viewing each kernel as its
 ``[out, in]`` matrix (the model stores kernels output-major): ``qkv_kernel [K, G+2, H, D]`` as
 ``[K·(G+2)·H, D]``, ``o_kernel [D, N, H]`` as ``[D, N·H]``, the MLP kernels as they are. Training
@@ -36,6 +37,12 @@ def _matrix_shape(name: str, shape) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
+def _layer_axis(path, w) -> tuple[int, ...]:
+    """``(L,)`` when the kernel at ``path`` is a stack of L layers' kernels (under ``layers``)."""
+    stacked = any(isinstance(k, jax.tree_util.DictKey) and k.key == "layers" for k in path)
+    return (w.shape[0],) if stacked else ()
+
+
 def init_lora(params, rng, *, rank: int, targets=TARGETS) -> dict:
     """Adapters for every kernel named in ``targets``: ``a`` Kaiming-uniform-like (std 1/√in),
     ``b`` zero. Keys are the kernels' paths (``jax.tree_util.keystr``)."""
@@ -48,10 +55,11 @@ def init_lora(params, rng, *, rank: int, targets=TARGETS) -> dict:
         name = jax.tree_util.keystr(path[-1:], simple=True)
         if name not in targets:
             continue
-        out, inp = _matrix_shape(name, w.shape)
+        lead = _layer_axis(path, w)  # (L,) for stacked layers (models.layout), else ()
+        out, inp = _matrix_shape(name, w.shape[len(lead):])
         adapters[jax.tree_util.keystr(path)] = {
-            "a": jax.random.normal(key, (rank, inp), jnp.float32) / math.sqrt(inp),
-            "b": jnp.zeros((out, rank), jnp.float32)}
+            "a": jax.random.normal(key, lead + (rank, inp), jnp.float32) / math.sqrt(inp),
+            "b": jnp.zeros(lead + (out, rank), jnp.float32)}
     if not adapters:
         raise ValueError(f"no parameter is named like a LoRA target ({', '.join(targets)})")
     return adapters
@@ -107,9 +115,12 @@ def lora_variables(params, adapters: dict, scale: float, rate: float = 0.0, rng=
         node = lora
         for k in path[:-1]:
             node = node.setdefault(k.key, {})
-        node[path[-1].key] = {"a": ad["a"], "b": ad["b"], "scale": jnp.float32(scale)}
+        lead = _layer_axis(path, w)  # the model scans stacked layers: every leaf gets the layer axis
+        node[path[-1].key] = {"a": ad["a"], "b": ad["b"], "scale": jnp.full(lead, scale, jnp.float32)}
         if rate:
-            node[path[-1].key].update(rate=jnp.asarray(rate, jnp.float32), key=jax.random.fold_in(rng, i))
+            key = jax.random.fold_in(rng, i)
+            node[path[-1].key].update(rate=jnp.full(lead, rate, jnp.float32),
+                                      key=jax.random.split(key, lead[0]) if lead else key)
     return {**params, "lora": lora}
 
 

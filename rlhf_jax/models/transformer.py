@@ -15,6 +15,10 @@ Parameter tree under ``params`` (the Hugging Face converter in ``checkpoint/hf.p
     layer_{i}/mlp/{gate_kernel? [F, D], up_kernel [F, D], down_kernel [D, F]}, {up,down}_bias
     final_norm/{scale, bias?}       lm_head [V, D]                (untied only)
 
+With ``cfg.scans_layers`` the blocks' weights are stored stacked instead: ``layers/attn/qkv_kernel
+[L, K, G+2, H, D]`` and so on, one array per leaf with a leading layer axis (logical axis
+``'layers'``); ``models.layout.to_layout`` converts between the two layouts.
+
 Every kernel is stored output-major, ``[out, in]`` (torch ``Linear``'s layout, and the embedding's):
 a decode step multiplies a handful of rows by each weight, and XLA:CPU streams an ``[out, in]``
 weight ≈1.3x faster than an ``[in, out]`` one in that regime (``experiments/bench_generate.py``).
@@ -30,7 +34,8 @@ XLA:CPU's there; ``experiments/bench_cpu_linear.py``).
 
 ``cfg.remat`` rematerialises each block in the backward pass (``jax.checkpoint`` with the chosen
 policy: activation memory for recomputation); ``cfg.scans_layers`` runs the blocks of an uncached
-forward as one ``lax.scan`` (compile time flat in depth).
+forward as one ``nn.scan`` over the stacked weights (compile time flat in depth); cached calls
+(sampling) run the layers one by one on static slices of them.
 
 Einsum letters: B batch, T query positions, S key positions, D model, N query heads, K kv heads,
 G query heads per kv head, H head dim, F mlp, V vocab.
@@ -47,6 +52,7 @@ import jax.numpy as jnp
 from rlhf_jax.models.attention import attention
 from rlhf_jax.models.config import REMAT_POLICIES, TransformerConfig
 from rlhf_jax.models.cpu_kernels import linear
+from rlhf_jax.models.layout import check_layout
 from rlhf_jax.models.lora import adapter_delta
 
 Array = jax.Array
@@ -240,23 +246,28 @@ class Transformer(nn.Module):
         new_layers = {}
         policy = REMAT_POLICIES[cfg.remat]
         remat = cfg.remat != "none" and cache is None and not self.is_initializing()
-        if cfg.scans_layers and cache is None and cfg.n_layers > 1 and not self.is_initializing():
-            # One compiled block for every layer: stack the layer weights and scan over them.
-            cols = [c for c in ("params", "lora") if c in self.variables]
-            layers = [{c: self.variables[c][f"layer_{i}"] for c in cols} for i in range(cfg.n_layers)]
-            stacked = jax.tree_util.tree_map(lambda *ws: jnp.stack(ws), *layers)
-            block = Block(cfg, parent=None)
-
-            def body(h, layer_vars):
-                h, _ = block.apply(layer_vars, h, positions, key_mask, 0, None)
-                return h, None
-
-            x, _ = jax.lax.scan(jax.checkpoint(body, policy=policy) if remat else body, x, stacked)
+        if cfg.scans_layers and cache is None:
+            # One compiled block for every layer, scanned over the stacked weights (models.layout).
+            block_cls = nn.remat(Block, policy=policy, prevent_cse=False) if remat else Block
+            blocks = nn.scan(block_cls, variable_axes={"params": 0, "lora": 0}, split_rngs={"params": True},
+                             in_axes=(nn.broadcast,) * 4, length=cfg.n_layers,
+                             metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = blocks(cfg, name="layers")(x, positions, key_mask, 0, None)
         else:
+            # Unrolled, one block per layer: always for a config that does not scan; for one that
+            # does, in a cached call (prefill, decode step) on static slices of the stacked weights,
+            # or on per-layer weights (``layout.for_decoding``: a sampler unstacks them once before
+            # its loop rather than slicing them in every step).
+            stacked = {c: self.variables[c]["layers"] for c in ("params", "lora")
+                       if c in self.variables and "layers" in self.variables[c]}
             block_cls = nn.remat(Block, policy=policy) if remat else Block
             for i in range(cfg.n_layers):
                 layer_cache = None if cache is None else cache["layers"][f"layer_{i}"]
-                x, lc = block_cls(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
+                if stacked:
+                    x, lc = Block(cfg, parent=None).apply(jax.tree.map(lambda w, i=i: w[i], stacked), x,
+                                                          positions, key_mask, q_offset, layer_cache)
+                else:
+                    x, lc = block_cls(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
                 new_layers[f"layer_{i}"] = lc
         hidden = Norm(cfg, name="final_norm")(x)
         out_hidden = hidden[:, -1:] if last_only else hidden
@@ -292,6 +303,7 @@ def param_logical_axes(cfg: TransformerConfig):
 def forward(cfg: TransformerConfig, params, input_ids, attention_mask=None, cache=None, *,
             last_only: bool = False, logits_range: tuple[int, int] | None = None):
     """``(logits f32 [B,T,V], hidden [B,T,D], new_cache)``; pure, jit it with cfg static."""
+    check_layout(cfg, params, cached=cache is not None)
     return Transformer(cfg).apply(params, input_ids, attention_mask, cache, last_only, logits_range)
 
 

@@ -34,7 +34,7 @@ from rlhf_jax.algorithms.sections import optimizer_kwargs
 from rlhf_jax.algorithms.train_state import create_state, make_optimizer
 from rlhf_jax.checkpoint.orbax import RunCheckpoints
 from rlhf_jax.data.encoding import encode_prompts
-from rlhf_jax.models import get_preset, init_params
+from rlhf_jax.models import get_preset, init_params, to_layout
 from rlhf_jax.runner import sources
 from rlhf_jax.runner.config_loader import ConfigError, load_config
 from rlhf_jax.runner.run_dir import RunDirError, read_json
@@ -246,7 +246,7 @@ def _load(run_dir, cfg, src, tok, model_cfg, ck, stage, reward_model, step=None)
         if cfg.model.pretrained:
             from rlhf_jax.hf import load_pretrained
 
-            return load_pretrained(cfg.model.pretrained)[1]
+            return to_layout(model_cfg, load_pretrained(cfg.model.pretrained)[1])
         return init_params(model_cfg, init_rng)
 
     def lm_checkpoint(name):

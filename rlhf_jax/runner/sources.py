@@ -15,7 +15,7 @@ from rlhf_jax import rewards as labelers
 from rlhf_jax.data import (encode_preferences, load_preferences, load_prompts, load_sft,
                            load_tokenizer, read_records, train_tokenizer)
 from rlhf_jax.data.errors import DataError
-from rlhf_jax.models import get_preset, init_params
+from rlhf_jax.models import get_preset, init_params, to_layout
 from rlhf_jax.rewards.gold import get_gold
 from rlhf_jax.runner.config_loader import ConfigError
 from rlhf_jax.runner.run_dir import RunDirError
@@ -233,6 +233,7 @@ class Sources:
             from rlhf_jax.hf import load_pretrained
 
             cfg, params = load_pretrained(self.cfg.model.pretrained)
-            return self.model_config(cfg.vocab_size), params
+            cfg = self.model_config(cfg.vocab_size)
+            return cfg, to_layout(cfg, params)  # model.scan_layers may differ from the default
         cfg = self.model_config(tok.vocab_size)
         return cfg, (init or init_params)(cfg, rng)

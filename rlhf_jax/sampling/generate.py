@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from rlhf_jax.models import forward, init_cache
 from rlhf_jax.models.config import TransformerConfig
 from rlhf_jax.models.kv_cache import grow_cache
+from rlhf_jax.models.layout import for_decoding
 from rlhf_jax.sampling import strategies
 
 MAX_SEGMENTS = 4
@@ -81,6 +82,9 @@ def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos
     pick = strategies.greedy if is_greedy else strategies.sample
     temperature = jnp.asarray(temperature, jnp.float32)
 
+    # The layers' weights one array per layer, made once here: sliced from the stacked layout
+    # inside the loop, they would be copied in every decode step.
+    params, processor_params = for_decoding(params), for_decoding(processor_params)
     ends = decode_segments(N)
     # Decode step i writes cache slot P + i, so the steps before ``end`` need P + end slots.
     cache = init_cache(cfg, B, P + ends[0])

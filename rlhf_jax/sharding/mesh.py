@@ -4,7 +4,9 @@ Mesh axes are ``(data, fsdp, tensor)``. Batches shard their leading axis over ``
 parameters carry logical axis names (``nn.with_logical_partitioning`` in ``models/transformer.py``)
 that :data:`RULES` maps to mesh axes: embeddings and every kernel's model-width axis over
 ``fsdp`` (ZeRO-3 style: each device holds a slice, gathered per layer by XLA), heads, MLP width
-and vocabulary over ``tensor`` (Megatron style). Layers never name a mesh axis.
+and vocabulary over ``tensor`` (Megatron style). Layers never name a mesh axis: the stacked
+layout of a model that scans over layers (``models.layout``) keeps its leading ``layers`` axis
+whole on every device.
 
 A pytree's shardings are found by the names on its leaves' paths, not by its type: a leaf whose
 path ends like a model parameter's (``.../attn/qkv_kernel``) gets that parameter's sharding, so the
@@ -37,6 +39,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
+    ("layers", None),
 )
 """Logical axis -> mesh axis (or axes, or None: not sharded): the only place that says so."""
 
@@ -129,7 +132,10 @@ def logical_table(*model_cfgs) -> dict[tuple[str, str], tuple]:
         for path, spec in jax.tree_util.tree_flatten_with_path(
                 specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]:
             names = path_names(path)
-            table[(names[-2], names[-1])] = tuple(spec)
+            axes = tuple(spec)
+            # one entry per (module, leaf), whatever the layout: tree_shardings restores the
+            # stacked layout's leading 'layers' axis
+            table[(names[-2], names[-1])] = axes[1:] if axes[:1] == ("layers",) else axes
     return table
 
 
@@ -146,6 +152,8 @@ def tree_shardings(tree, mesh: Mesh, table: dict) -> Any:
         shape = np.shape(leaf)
         names = path_names(path)
         logical = table.get(tuple(names[-2:])) if len(names) >= 2 else None
+        if logical is not None and "layers" in names[:-2] and len(shape) == len(logical) + 1:
+            logical = ("layers",) + logical  # the stacked layout (models.layout)
         if logical is None or len(logical) != len(shape):
             return rep
         return NamedSharding(mesh, mesh_spec(logical, shape, mesh))

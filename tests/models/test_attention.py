@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.models import attention, cpu_kernels, forward, get_preset, init_params
+from rlhf_jax.models import attention, cpu_kernels, forward, get_preset, init_params, to_layout
 from rlhf_jax.models.config import REMAT_POLICIES
 
 
@@ -125,7 +125,9 @@ def test_knobs_give_the_same_loss_and_gradients(llama4, variant):
     cfg, params = llama4
     ids, mask = _batch(cfg)
     want_loss, want_grads = _loss_and_grads(cfg, params, ids, mask)
-    got_loss, got_grads = _loss_and_grads(cfg.replace(**variant), params, ids, mask)
+    knob = cfg.replace(**variant)
+    got_loss, got_grads = _loss_and_grads(knob, to_layout(knob, params), ids, mask)
+    got_grads = to_layout(cfg, got_grads)  # scanned: the stacked layout's gradients, per layer
     np.testing.assert_allclose(float(got_loss), float(want_loss), rtol=1e-5)
     for a, b in zip(jax.tree_util.tree_leaves(got_grads), jax.tree_util.tree_leaves(want_grads)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-4)

@@ -10,7 +10,7 @@ import pytest
 from rlhf_jax.algorithms.sft import make_lm_loss
 from rlhf_jax.algorithms.step import make_train_step
 from rlhf_jax.algorithms.train_state import create_state, make_optimizer
-from rlhf_jax.models import forward, get_preset, init_params
+from rlhf_jax.models import forward, get_preset, init_params, to_layout
 from rlhf_jax.models.lora import TARGETS, apply_lora, count, init_lora, lora_loss
 
 CFG = get_preset("tiny", vocab_size=64, max_len=16)
@@ -109,8 +109,19 @@ def test_unmerged_form_without_dropout_is_the_merged_model(base, scan):
     from rlhf_jax.models.lora import lora_variables
 
     cfg = CFG.replace(scan_layers=scan)
+    base = to_layout(cfg, base)  # scanned: the layers stacked, and so are their adapters
     ad = _rich(init_lora(base, jax.random.PRNGKey(1), rank=RANK))
     ids = jnp.asarray(_batch()["input_ids"])
+    if scan:
+        assert set(ad) == {f"['params']['layers']['{m}']['{k}']" for m, k in
+                           [("attn", "qkv_kernel"), ("attn", "o_kernel"), ("mlp", "up_kernel"), ("mlp", "down_kernel")]}
+        assert ad["['params']['layers']['mlp']['up_kernel']"]["a"].shape == (CFG.n_layers, RANK, CFG.d_model)
+        # the stacked adapters merge into the stacked kernels as the per-layer ones do into theirs
+        per_layer = {k.replace("['layers']", f"['layer_{i}']"): jax.tree.map(lambda w, i=i: w[i], v)
+                     for k, v in ad.items() for i in range(CFG.n_layers)}
+        np.testing.assert_allclose(
+            forward(CFG, apply_lora(to_layout(CFG, base), per_layer, ALPHA / RANK), ids)[0],
+            forward(cfg, apply_lora(base, ad, ALPHA / RANK), ids)[0], atol=1e-5)
     merged = np.asarray(forward(cfg, apply_lora(base, ad, ALPHA / RANK), ids)[0])
     apart = np.asarray(forward(cfg, lora_variables(base, ad, ALPHA / RANK, 0.0, jax.random.PRNGKey(3)), ids)[0])
     np.testing.assert_allclose(apart, merged, atol=1e-5)

@@ -11,7 +11,8 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from rlhf_jax.models import (forward, get_preset, init_cache, init_params, logits,
-                             param_logical_axes, positions_from_mask)
+                             param_logical_axes, positions_from_mask, to_layout)
+from rlhf_jax.sampling.generate import generate
 
 CONFIGS = {
     "tiny": get_preset("tiny"),
@@ -162,10 +163,28 @@ def test_bfloat16_compute_runs_and_stays_close(model):
 
 @pytest.mark.parametrize("preset", ["tiny", "tiny-llama"])
 def test_scanned_layers_equal_the_unrolled_loop(preset):
-    """scan_layers (one compiled block over stacked weights) is the same function, values and grads."""
+    """scan_layers (one compiled block over the stacked weights) is the same function as the
+    unrolled loop over per-layer weights: values and gradients, uncached and cached (greedy
+    decoding), with the weights converted between the layouts by ``to_layout``."""
     cfg = get_preset(preset, vocab_size=64, n_layers=4)
-    assert cfg.scans_layers and not cfg.replace(scan_layers=False).scans_layers
+    unrolled = cfg.replace(scan_layers=False)
+    assert cfg.scans_layers and not unrolled.scans_layers
     params = init_params(cfg, jax.random.PRNGKey(0))
+    inner = params["params"]
+    assert "layers" in inner and not any(k.startswith("layer_") for k in inner)
+    assert inner["layers"]["attn"]["qkv_kernel"].shape[0] == 4
+    spec = param_logical_axes(cfg)["params"]["layers"]["attn"]["qkv_kernel"]
+    assert tuple(spec)[0] == "layers"
+    flat = to_layout(unrolled, params)
+    assert sorted(k for k in flat["params"] if k.startswith("layer_")) == [f"layer_{i}" for i in range(4)]
+    back = to_layout(cfg, flat)
+    for x, y in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="to_layout"):
+        forward(cfg, flat, jnp.zeros((1, 2), jnp.int32))
+    with pytest.raises(ValueError, match="to_layout"):
+        forward(unrolled, params, jnp.zeros((1, 2), jnp.int32))
+
     ids = jax.random.randint(jax.random.PRNGKey(1), (2, 9), 0, 64)
     mask = jnp.ones((2, 9), jnp.int32).at[0, :3].set(0)
 
@@ -174,7 +193,13 @@ def test_scanned_layers_equal_the_unrolled_loop(preset):
         return (lg[:, 3:] ** 2).mean() + hidden.mean()
 
     a, ga = jax.value_and_grad(lambda p: loss(cfg, p))(params)
-    b, gb = jax.value_and_grad(lambda p: loss(cfg.replace(scan_layers=False), p))(params)
+    b, gb = jax.value_and_grad(lambda p: loss(unrolled, p))(flat)
     np.testing.assert_allclose(a, b, rtol=1e-6)
-    for x, y in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+    assert len(jax.tree_util.tree_leaves(ga)) < len(jax.tree_util.tree_leaves(gb)) / 3
+    for x, y in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(to_layout(cfg, gb))):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+    prompt, prompt_mask = ids[:, :5], mask[:, :5]
+    tokens = [generate(c, p, prompt, prompt_mask, rng=jax.random.PRNGKey(2), max_new_tokens=6,
+                       temperature=0.0).tokens for c, p in ((cfg, params), (unrolled, flat))]
+    np.testing.assert_array_equal(tokens[0], tokens[1])
