@@ -78,15 +78,50 @@ def to_layout(cfg, variables: Mapping) -> Any:
 
 
 def for_decoding(tree: Any) -> Any:
-    """``tree`` with every model's stacked layers unstacked (any dict holding a ``layers`` subtree
-    of blocks, at any depth; the rest as it is). A sampler calls it once, before its decode loop:
-    a decode step that sliced the stacked weights would copy them all in every step."""
+    """``tree`` with every model's stacked kernels unstacked (in any dict holding a ``layers``
+    subtree of blocks, at any depth; the rest as it is). A sampler calls it once, before its decode
+    loop: a decode step that sliced a stacked kernel would copy it in every step, since a matmul
+    reads a whole buffer. The small leaves (biases, norm scales) stay stacked: their slices fuse
+    into the ops that read them, where one slice per leaf and layer here would cost compile time."""
     if not isinstance(tree, Mapping):
         return tree
     node = {k: for_decoding(v) if k != STACKED else v for k, v in tree.items()}
     if isinstance(node.get(STACKED), Mapping) and "attn" in node[STACKED]:
-        node = unstack_layers(node)
+        kernels = _select(node[STACKED], True)
+        node = {**unstack_layers({STACKED: kernels}), **{k: v for k, v in node.items() if k != STACKED},
+                STACKED: _select(node[STACKED], False)}
     return node
+
+
+def _select(tree: Mapping, kernels: bool) -> dict:
+    """The leaves of ``tree`` named ``*_kernel`` (or all the others), as nested dicts."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            sub = _select(v, kernels)
+            if sub:
+                out[k] = sub
+        elif str(k).endswith("_kernel") == kernels:
+            out[k] = v
+    return out
+
+
+def layer_variables(variables: Mapping, i: int) -> dict:
+    """Layer ``i``'s variables (each collection's ``layer_i`` subtree merged with slice ``i`` of
+    its ``layers`` subtree): what a block reads in :func:`for_decoding`'s mixed layout."""
+    def merge(a, b):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = merge(out.get(k, {}), v) if isinstance(v, Mapping) else v
+        return out
+
+    out = {}
+    for c, tree in variables.items():
+        per = tree.get(f"layer_{i}", {})
+        if STACKED in tree:
+            per = merge(per, jax.tree.map(lambda w: w[i], tree[STACKED]))
+        out[c] = per
+    return out
 
 
 def check_layout(cfg, variables: Mapping, cached: bool = False) -> None:
@@ -96,7 +131,7 @@ def check_layout(cfg, variables: Mapping, cached: bool = False) -> None:
     if not isinstance(inner, Mapping) or ("embedding" not in inner):
         return
     stacked, per_layer = STACKED in inner, bool(_layer_names(inner))
-    if cfg.scans_layers and per_layer and not stacked and not cached:
+    if cfg.scans_layers and per_layer and not cached:
         raise ValueError("the params hold their layers one by one (layer_0, ...), but the config scans "
                          "over layers and expects them stacked under 'layers': convert them with "
                          "rlhf_jax.models.to_layout(cfg, params)")

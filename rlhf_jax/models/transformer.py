@@ -34,8 +34,8 @@ XLA:CPU's there; ``experiments/bench_cpu_linear.py``).
 
 ``cfg.remat`` rematerialises each block in the backward pass (``jax.checkpoint`` with the chosen
 policy: activation memory for recomputation); ``cfg.scans_layers`` runs the blocks of an uncached
-forward as one ``nn.scan`` over the stacked weights (compile time flat in depth); cached calls
-(sampling) run the layers one by one on static slices of them.
+forward, and a cached call on the stacked weights (a prefill), as one ``nn.scan`` over them
+(compile time flat in depth); a decode step runs the layers one by one on per-layer weights.
 
 Einsum letters: B batch, T query positions, S key positions, D model, N query heads, K kv heads,
 G query heads per kv head, H head dim, F mlp, V vocab.
@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from rlhf_jax.models.attention import attention
 from rlhf_jax.models.config import REMAT_POLICIES, TransformerConfig
 from rlhf_jax.models.cpu_kernels import linear
-from rlhf_jax.models.layout import check_layout
+from rlhf_jax.models.layout import check_layout, layer_variables
 from rlhf_jax.models.lora import adapter_delta
 
 Array = jax.Array
@@ -246,26 +246,31 @@ class Transformer(nn.Module):
         new_layers = {}
         policy = REMAT_POLICIES[cfg.remat]
         remat = cfg.remat != "none" and cache is None and not self.is_initializing()
-        if cfg.scans_layers and cache is None:
+        names = self.variables.get("params", {})
+        if cfg.scans_layers and (cache is None or "layer_0" not in names):
             # One compiled block for every layer, scanned over the stacked weights (models.layout).
+            # A cached call (a prefill) scans each layer's cache entry with it: the entries are
+            # stacked for the scan and handed back per layer, as decoding reads them.
             block_cls = nn.remat(Block, policy=policy, prevent_cse=False) if remat else Block
+            stacked_cache = None if cache is None else jax.tree.map(
+                lambda *c: jnp.stack(c), *(cache["layers"][f"layer_{i}"] for i in range(cfg.n_layers)))
             blocks = nn.scan(block_cls, variable_axes={"params": 0, "lora": 0}, split_rngs={"params": True},
-                             in_axes=(nn.broadcast,) * 4, length=cfg.n_layers,
-                             metadata_params={nn.PARTITION_NAME: "layers"})
-            x, _ = blocks(cfg, name="layers")(x, positions, key_mask, 0, None)
+                             in_axes=(nn.broadcast,) * 3 + (nn.broadcast if cache is None else 0,),
+                             length=cfg.n_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+            x, out_cache = blocks(cfg, name="layers")(x, positions, key_mask, q_offset, stacked_cache)
+            if cache is not None:
+                new_layers = {f"layer_{i}": jax.tree.map(lambda c, i=i: c[i], out_cache)
+                              for i in range(cfg.n_layers)}
         else:
-            # Unrolled, one block per layer: always for a config that does not scan; for one that
-            # does, in a cached call (prefill, decode step) on static slices of the stacked weights,
-            # or on per-layer weights (``layout.for_decoding``: a sampler unstacks them once before
-            # its loop rather than slicing them in every step).
-            stacked = {c: self.variables[c]["layers"] for c in ("params", "lora")
-                       if c in self.variables and "layers" in self.variables[c]}
+            # Unrolled, one block per layer: a config that does not scan, or a cached call of one
+            # that does on ``layout.for_decoding``'s weights (kernels per layer, the small leaves
+            # stacked: a sampler makes them once before its decode loop).
             block_cls = nn.remat(Block, policy=policy) if remat else Block
             for i in range(cfg.n_layers):
                 layer_cache = None if cache is None else cache["layers"][f"layer_{i}"]
-                if stacked:
-                    x, lc = Block(cfg, parent=None).apply(jax.tree.map(lambda w, i=i: w[i], stacked), x,
-                                                          positions, key_mask, q_offset, layer_cache)
+                if "layers" in names:
+                    x, lc = Block(cfg, parent=None).apply(layer_variables(self.variables, i), x, positions,
+                                                          key_mask, q_offset, layer_cache)
                 else:
                     x, lc = block_cls(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
                 new_layers[f"layer_{i}"] = lc

@@ -82,9 +82,6 @@ def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos
     pick = strategies.greedy if is_greedy else strategies.sample
     temperature = jnp.asarray(temperature, jnp.float32)
 
-    # The layers' weights one array per layer, made once here: sliced from the stacked layout
-    # inside the loop, they would be copied in every decode step.
-    params, processor_params = for_decoding(params), for_decoding(processor_params)
     ends = decode_segments(N)
     # Decode step i writes cache slot P + i, so the steps before ``end`` need P + end slots.
     cache = init_cache(cfg, B, P + ends[0])
@@ -92,6 +89,10 @@ def _generate(cfg, params, prompt_ids, prompt_mask, rng, temperature, top_p, eos
     last, last_h = logits[:, -1], hidden[:, -1]
     pstate = None if processor is None else processor.init(processor_params, prompt_ids, prompt_mask,
                                                            P + ends[0])
+    # The prefill scans the stacked layers (models.layout); the decode steps take the layers' weights
+    # one array per layer, made once here: sliced from the stack inside the loop, they would be
+    # copied in every step.
+    params, processor_params = for_decoding(params), for_decoding(processor_params)
 
     def cond(state, end):
         return (state["step"] < end) & ~jnp.all(state["done"])

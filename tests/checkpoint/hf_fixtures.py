@@ -18,7 +18,8 @@ from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCaus
 VOCAB = 99
 MAX_POS = 32
 
-# name -> (model class, config kwargs). All: 2 layers, 4 query heads, eager attention (exact fp32).
+# name -> (model class, config kwargs). 4 query heads, eager attention (exact fp32); 2 layers, except
+# "llama_deep": 4 layers, so its config scans over them and its params hold them stacked.
 ARCHS = {
     "gpt2": (GPT2LMHeadModel, GPT2Config, dict(
         vocab_size=VOCAB, n_embd=64, n_head=4, n_layer=2, n_positions=MAX_POS, bos_token_id=0,
@@ -33,6 +34,10 @@ ARCHS = {
         vocab_size=VOCAB, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
         num_hidden_layers=2, intermediate_size=96, max_position_embeddings=MAX_POS,
         tie_word_embeddings=False, attention_bias=True, mlp_bias=True)),
+    "llama_deep": (LlamaForCausalLM, LlamaConfig, dict(
+        vocab_size=VOCAB, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=4, intermediate_size=96, max_position_embeddings=MAX_POS,
+        tie_word_embeddings=False)),
     # GQA with q/k/v biases (and no o_proj bias), untied head.
     "qwen2": (Qwen2ForCausalLM, Qwen2Config, dict(
         vocab_size=VOCAB, hidden_size=48, num_attention_heads=4, num_key_value_heads=2,

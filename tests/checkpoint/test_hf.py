@@ -93,6 +93,24 @@ def test_loaded_tree_is_exactly_the_model_tree(built, name):
     assert ("lm_head" in params["params"]) == (not cfg.tie_embeddings)
 
 
+def test_a_deep_model_loads_stacked_and_converts(built, tmp_path):
+    """4 layers scan by default: the loaded layers are stacked (models.layout); per layer (for
+    scan_layers=False) they give the same logits; either layout exports the same file."""
+    from rlhf_jax.models import to_layout
+
+    model, _, cfg, params = built("llama_deep")
+    assert cfg.scans_layers and params["params"]["layers"]["attn"]["qkv_kernel"].shape[0] == 4
+    flat_cfg = cfg.replace(scan_layers=False)
+    flat = to_layout(flat_cfg, params)
+    assert "layers" not in flat["params"] and "layer_3" in flat["params"]
+    ids, mask = batch(seed=4, padded=True)
+    _assert_logits_close(flat_cfg, flat, torch_logits(model, ids, mask), ids, mask)
+    save_pretrained(tmp_path / "stacked", cfg, params)
+    save_pretrained(tmp_path / "flat", flat_cfg, flat)
+    assert (tmp_path / "stacked" / "model.safetensors").read_bytes() == \
+        (tmp_path / "flat" / "model.safetensors").read_bytes()
+
+
 def test_sharded_checkpoint_loads_identically(built, tmp_path):
     model, _, cfg, params = built("llama_untied")
     model.save_pretrained(tmp_path, safe_serialization=True, max_shard_size="20KB")

@@ -2,8 +2,9 @@
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding/sharded_check.py OUT.json
 
-For each mesh (8,1,1), (2,4,1), (2,2,2): two SFT steps, two reward-model steps, one PPO and one
-GRPO iteration, and greedy sampling, each run once on device 0 alone and once on the mesh from the
+For each mesh (8,1,1), (2,4,1), (2,2,2): two SFT steps (with the layers per layer, and stacked as a
+config that scans over them holds them), two reward-model steps, one PPO and one GRPO iteration,
+and greedy sampling (both layouts), each run once on device 0 alone and once on the mesh from the
 same inputs. Writes, per mesh and step, the largest absolute difference of the loss/metrics and of
 the updated parameters, and the per-device shard shapes of a few parameters and Adam moments.
 """
@@ -25,7 +26,7 @@ from rlhf_jax.algorithms.sft import make_lm_loss
 from rlhf_jax.algorithms.step import make_train_step
 from rlhf_jax.algorithms.train_state import create_state, make_optimizer
 from rlhf_jax.sharding.jit import sharded_init
-from rlhf_jax.models import get_preset, init_params
+from rlhf_jax.models import get_preset, init_params, to_layout
 from rlhf_jax.sampling import generate
 from rlhf_jax.sharding.mesh import batch_shardings, logical_table, make_mesh, path_names, place, tree_shardings
 
@@ -40,6 +41,8 @@ def max_diff(a, b) -> float:
     return max(leaves, default=0.0)
 
 
+WATCH_STACKED = {"qkv_kernel": ("params", "layers", "attn", "qkv_kernel"),
+                 "adam_mu_up_kernel": ("mu", "layers", "mlp", "up_kernel")}
 WATCH = {"qkv_kernel": ("params", "layer_0", "attn", "qkv_kernel"),
          "up_kernel": ("params", "layer_0", "mlp", "up_kernel"),
          "embedding": ("params", "params", "embedding"),
@@ -115,7 +118,10 @@ def main(out_path):
             metrics.append(host(m))
         return metrics, state
 
-    def greedy(mesh):
+    scfg = cfg.replace(scan_layers=True)  # the same weights, stacked (models.layout)
+    spolicy = to_layout(scfg, policy)
+
+    def greedy(mesh, cfg=cfg, policy=policy):
         params, p_ids, p_mask = policy, jnp.asarray(prompts), jnp.asarray(pmask)
         if mesh is not None:
             params = place(policy, tree_shardings(policy, mesh, table))
@@ -126,12 +132,14 @@ def main(out_path):
 
     runs = {
         "sft": lambda mesh: supervised(mesh, table, make_lm_loss(cfg), policy, lm_batches, {}),
+        "sft-scan": lambda mesh: supervised(mesh, table, make_lm_loss(scfg), spolicy, lm_batches, {}),
         "rm": lambda mesh: supervised(mesh, table, make_rm_loss(cfg), rm, rm_batches, rm_hp),
         "ppo": lambda mesh: rl("ppo", mesh),
         "grpo": lambda mesh: rl("grpo", mesh),
     }
     single = {name: run(None) for name, run in runs.items()}
     tokens_single = greedy(None)
+    assert np.array_equal(greedy(None, scfg, spolicy), tokens_single)
     report = {}
     for shape in MESHES:
         mesh = make_mesh(shape)
@@ -151,10 +159,12 @@ def main(out_path):
                 "loss_single": [float(m["optim/loss"]) for m in ref_metrics],
                 "n_devices_used": len(jax.tree_util.tree_leaves(train.params)[0].sharding.device_set),
             }
-            if name in ("sft", "ppo"):
-                rec[name]["shards"] = {what: find_shards(train, *path) for what, path in WATCH.items()}
+            if name in ("sft", "ppo", "sft-scan"):
+                watch = WATCH_STACKED if name == "sft-scan" else WATCH
+                rec[name]["shards"] = {what: find_shards(train, *path) for what, path in watch.items()}
         toks = greedy(mesh)
         rec["greedy_tokens_equal"] = bool(np.array_equal(toks, tokens_single))
+        rec["greedy_scan_tokens_equal"] = bool(np.array_equal(greedy(mesh, scfg, spolicy), tokens_single))
         report["x".join(map(str, shape))] = rec
         print(shape, json.dumps({k: {kk: vv for kk, vv in v.items() if kk in ("metrics_diff", "params_diff")}
                                  if isinstance(v, dict) else v for k, v in rec.items()}), flush=True)

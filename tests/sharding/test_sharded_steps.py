@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec
 from rlhf_jax.sharding.mesh import logical_table, mesh_spec, resolve_shape
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEPS = ("sft", "rm", "ppo", "grpo")
+STEPS = ("sft", "sft-scan", "rm", "ppo", "grpo")
 # Metrics that count tokens (a ratio or value that lands on the other side of the clip boundary by a
 # float32 rounding changes them by one token: 1/96 of the mean over 4 minibatches of 24 tokens); the rest are
 # continuous and must agree to float tolerance.
@@ -54,6 +54,8 @@ def test_logical_table_names_every_transformer_parameter():
 
     table = logical_table(get_preset("tiny"), get_preset("tiny-llama"))
     assert table[("attn", "qkv_kernel")] == ("kv_heads", None, "head_dim", "embed")
+    # a config that scans stacks its layers: the same entries, without the leading layer axis
+    assert logical_table(get_preset("tiny", scan_layers=True)) == logical_table(get_preset("tiny"))
     assert table[("mlp", "gate_kernel")] == ("mlp", "embed") and table[("params", "embedding")] == ("vocab", "embed")
 
 
@@ -91,7 +93,7 @@ def test_sharded_step_equals_one_device(report, mesh, step):
 @pytest.mark.parametrize("mesh", MESHES)
 def test_parameters_and_adam_moments_are_really_split(report, mesh):
     data, fsdp, tensor = map(int, mesh.split("x"))
-    for step in ("sft", "ppo"):
+    for step in ("sft", "ppo", "sft-scan"):
         for name, (shape, shard) in report[mesh][step]["shards"].items():
             full, part = 1, 1
             for n in shape:
@@ -102,9 +104,12 @@ def test_parameters_and_adam_moments_are_really_split(report, mesh):
     s = report["2x2x2"]["sft"]["shards"]
     assert s["qkv_kernel"] == [[4, 3, 16, 64], [2, 3, 16, 32]]  # kv heads over tensor, width over fsdp
     assert s["up_kernel"] == [[256, 64], [128, 32]] and s["embedding"] == [[64, 64], [32, 32]]
+    stacked = report["2x2x2"]["sft-scan"]["shards"]  # the stacked layout: the layer axis stays whole
+    assert stacked["qkv_kernel"] == [[2, 4, 3, 16, 64], [2, 2, 3, 16, 32]]
+    assert stacked["adam_mu_up_kernel"] == [[2, 256, 64], [2, 128, 32]]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh", MESHES)
 def test_greedy_sampling_is_the_same_sharded(report, mesh):
-    assert report[mesh]["greedy_tokens_equal"]
+    assert report[mesh]["greedy_tokens_equal"] and report[mesh]["greedy_scan_tokens_equal"]
