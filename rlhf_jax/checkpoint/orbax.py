@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from rlhf_jax.interrupts import deferred_interrupts
+from rlhf_jax.models.layout import stack_like, unstack_all
 from rlhf_jax.sharding.distributed import on_primary
 
 
@@ -60,6 +61,7 @@ class RunCheckpoints:
         mgr = self._manager(stage)
         steps = [step] if step is not None else sorted(mgr.all_steps(), reverse=True)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+        per_layer, has_stacked = unstack_all(abstract)
         failed: list[tuple[int, str]] = []
         for s in steps:
             try:
@@ -68,13 +70,32 @@ class RunCheckpoints:
                         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 -- Orbax / TensorStore raise many types here
                 failed.append((s, (str(e).strip().splitlines() or [type(e).__name__])[0][:200]))
-                continue
+                if has_stacked and (out := self._restore_per_layer(mgr, s, per_layer, abstract)):
+                    failed.pop()
+                else:
+                    continue
             if failed:
                 self._set_aside(stage, [b for b, _ in failed], s, failed[0][1])
             return out["state"], dict(out["meta"])
         where = os.path.join(self.root, stage, str(failed[0][0]))
         raise RunDirError(f"{where}: unreadable checkpoint ({failed[0][1]}); delete "
                           f"{os.path.join(self.root, stage)} to redo the {stage} stage from its start")
+
+    @staticmethod
+    def _restore_per_layer(mgr, step: int, per_layer: Any, abstract: Any) -> dict | None:
+        """A checkpoint written with its layers one by one (``layer_i``, as before the stacked
+        layout, ``models.layout``) restored into a target that holds them stacked, or None."""
+        try:
+            with deferred_interrupts():
+                out = mgr.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(per_layer), meta=ocp.args.JsonRestore()))
+        except Exception:  # noqa: BLE001 -- not that layout either: the caller reports the first error
+            return None
+        state = stack_like(out["state"], abstract)
+        state = jax.tree_util.tree_map(
+            lambda x, a: jax.device_put(x, a.sharding) if getattr(a, "sharding", None) is not None else x,
+            state, abstract)
+        return {"state": state, "meta": out["meta"]}
 
     def _set_aside(self, stage: str, bad: list[int], good: int, why: str) -> None:
         self._managers.pop(stage).close()

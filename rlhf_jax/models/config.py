@@ -60,12 +60,13 @@ class TransformerConfig:
       family: which Hugging Face architecture this maps to.
       param_dtype: dtype of the parameters ('float32', 'bfloat16').
       dtype: compute dtype of activations; logits are always returned in float32.
-      scan_layers: uncached forwards (training, scoring) run the blocks as one ``lax.scan`` over
-        the layer weights stacked on the fly, so compile time does not grow with depth; decoding
-        with a KV cache keeps the unrolled loop (its per-step weight reads stay copy-free).
-        None: scan from ``SCAN_MIN_LAYERS`` layers on. Measured on a 2-core CPU: a GPT-2-small PPO
-        iteration compiles in 30 s instead of 52 s and runs 1.3x faster scanned, while a 2-layer
-        model's fwd+bwd is 1.4x slower scanned (the loop costs more than it saves there).
+      scan_layers: the blocks' weights are stored stacked (``params['layers']``, a leading layer
+        axis; ``models.layout``) and every forward runs them as one ``lax.scan``, so compile time
+        does not grow with depth; the samplers unstack the kernels once before the decode loop.
+        None: scan from ``SCAN_MIN_LAYERS`` layers on. Parameters saved in the other layout convert
+        with ``models.to_layout(cfg, variables)``. Measured on a 2-core CPU at GPT-2-small size: a
+        PPO iteration compiles in 15 s instead of 30 s in the unrolled layout; a 2-layer model's
+        fwd+bwd is 1.4x slower scanned (the loop costs more than it saves there).
       attention: implementation of attention, one of ``ATTENTION`` (``models/attention.py``).
       remat: rematerialisation of each block in the backward pass, a key of ``REMAT_POLICIES``.
     """

@@ -53,7 +53,8 @@ _SOURCES = (_SOURCE, _SOURCE.with_name("cpu_kernels_linear.inc"),  # what the bu
 ISA_NAMES = {1: "avx2", 2: "avx512"}
 
 
-def _cache_dir() -> Path:
+def cache_root() -> Path:
+    """Where rlhf_jax keeps what it builds once per machine (these kernels, XLA's compiled programs)."""
     root = os.environ.get("RLHF_JAX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "rlhf_jax")
     return Path(root)
 
@@ -90,7 +91,7 @@ def _library() -> tuple[int, str] | None:
     key = hashlib.sha256(source + jaxlib.__version__.encode() + (os.environ.get("CXX") or "").encode())
     name = f"cpu_kernels-{key.hexdigest()[:16]}.so"
     try:
-        path = _cache_dir() / name
+        path = cache_root() / name
         if not path.exists():
             log.info("building the native CPU kernels (once): %s", path)
             try:

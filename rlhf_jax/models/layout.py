@@ -64,8 +64,43 @@ def unstack_layers(node: Mapping) -> dict:
     (n,) = sizes
     out = {k: v for k, v in node.items() if k != STACKED}
     for i in range(n):
-        out[f"layer_{i}"] = jax.tree.map(lambda w, i=i: w[i], stacked)
+        out[f"layer_{i}"] = jax.tree.map(lambda w, i=i: _slice(w, i), stacked)
     return out
+
+
+def _slice(w, i: int):
+    if isinstance(w, jax.ShapeDtypeStruct):  # an abstract leaf (a restore target)
+        sharding = w.sharding
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            sharding = jax.sharding.NamedSharding(sharding.mesh,
+                                                  jax.sharding.PartitionSpec(*sharding.spec[1:]))
+        return jax.ShapeDtypeStruct(w.shape[1:], w.dtype, sharding=sharding)
+    return w[i]
+
+
+def _holds_stacked(x) -> bool:
+    return isinstance(x, Mapping) and isinstance(x.get(STACKED), Mapping) and "attn" in x[STACKED]
+
+
+def unstack_all(tree: Any) -> tuple[Any, bool]:
+    """``tree`` (any pytree: a training state with its optimizer moments) with every stacked
+    ``layers`` subtree of blocks unstacked (abstract leaves too), and whether there was one."""
+    found = []
+
+    def conv(x):
+        if _holds_stacked(x):
+            found.append(True)
+            return unstack_layers(x)
+        return x
+
+    return jax.tree_util.tree_map(conv, tree, is_leaf=_holds_stacked), bool(found)
+
+
+def stack_like(tree: Any, target: Any) -> Any:
+    """``tree`` (``unstack_all(target)``'s structure) with its layers stacked again wherever
+    ``target`` holds them stacked."""
+    return jax.tree_util.tree_map(lambda t, x: stack_layers(x) if _holds_stacked(t) else x,
+                                  target, tree, is_leaf=_holds_stacked)
 
 
 def to_layout(cfg, variables: Mapping) -> Any:

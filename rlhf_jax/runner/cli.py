@@ -19,6 +19,7 @@ rerun to resume from the newest good checkpoint); 130 / 143 interrupted by SIGIN
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -86,6 +87,7 @@ def main(argv=None) -> int:
     # Orbax logs a damaged checkpoint at ERROR level before raising; the run reports it itself.
     logging.getLogger("absl").setLevel(logging.CRITICAL)
 
+    _compile_cache()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     interrupts.install()
     try:
@@ -97,6 +99,31 @@ def main(argv=None) -> int:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+COMPILE_CACHE_BYTES = 8 << 30
+
+
+def _compile_cache() -> None:
+    """Keep XLA's compiled programs on disk (JAX's persistent compilation cache) under
+    ``cache_root()/xla``, so a rerun, a resumed run, a sweep's next trial or a command on a run
+    directory loads what an earlier process compiled instead of compiling it again (only programs
+    that took a second or more; least recently used ones go past 8 GiB). ``JAX_COMPILATION_CACHE_DIR``
+    chooses another place; ``RLHF_JAX_COMPILE_CACHE=0`` turns it off."""
+    import jax
+
+    if os.environ.get("RLHF_JAX_COMPILE_CACHE", "1") == "0" or jax.config.jax_compilation_cache_dir:
+        return
+    from rlhf_jax.models.cpu_kernels import cache_root
+
+    path = cache_root() / "xla"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # nowhere to keep it: compile as without the cache
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    if importlib.util.find_spec("filelock") is not None:  # what JAX evicts with
+        jax.config.update("jax_compilation_cache_max_size", COMPILE_CACHE_BYTES)
 
 
 def _guarded(handler, args) -> int:
