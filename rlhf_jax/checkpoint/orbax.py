@@ -61,7 +61,10 @@ class RunCheckpoints:
         mgr = self._manager(stage)
         steps = [step] if step is not None else sorted(mgr.all_steps(), reverse=True)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-        per_layer, has_stacked = unstack_all(abstract)
+        try:
+            per_layer, has_stacked = unstack_all(abstract)
+        except ValueError:  # not a layout this fallback knows: restore as saved, or report it
+            per_layer, has_stacked = None, False
         failed: list[tuple[int, str]] = []
         for s in steps:
             try:

@@ -53,12 +53,13 @@ def stack_layers(node: Mapping) -> dict:
     return out
 
 
-def unstack_layers(node: Mapping) -> dict:
-    """``node`` with its stacked ``layers`` subtree replaced by ``layer_0`` ... ``layer_{L-1}``."""
+def unstack_layers(node: Mapping, n_layers: int | None = None) -> dict:
+    """``node`` with its stacked ``layers`` subtree replaced by ``layer_0`` ... ``layer_{L-1}``
+    (``n_layers`` says L for a subtree without arrays: an optimizer's masked copy)."""
     if STACKED not in node:
         return dict(node)
     stacked = node[STACKED]
-    sizes = {np.shape(w)[0] for w in jax.tree.leaves(stacked)}
+    sizes = {np.shape(w)[0] for w in jax.tree.leaves(stacked)} or ({n_layers} if n_layers else set())
     if len(sizes) != 1:
         raise ValueError(f"stacked layer weights disagree on the number of layers: {sorted(sizes)}")
     (n,) = sizes
@@ -78,29 +79,36 @@ def _slice(w, i: int):
     return w[i]
 
 
-def _holds_stacked(x) -> bool:
+def _blocks(x) -> bool:
+    """A dict holding stacked blocks, with arrays or without (an optimizer's masked copy)."""
     return isinstance(x, Mapping) and isinstance(x.get(STACKED), Mapping) and "attn" in x[STACKED]
+
+
+def _holds_stacked(x) -> bool:
+    """A dict of a model's variables with stacked blocks that hold arrays (not an optimizer's
+    masked copy of the tree, whose leaves are empty ``MaskedNode``s)."""
+    return _blocks(x) and bool(jax.tree.leaves(x[STACKED]))
 
 
 def unstack_all(tree: Any) -> tuple[Any, bool]:
     """``tree`` (any pytree: a training state with its optimizer moments) with every stacked
     ``layers`` subtree of blocks unstacked (abstract leaves too), and whether there was one."""
-    found = []
-
-    def conv(x):
-        if _holds_stacked(x):
-            found.append(True)
-            return unstack_layers(x)
-        return x
-
-    return jax.tree_util.tree_map(conv, tree, is_leaf=_holds_stacked), bool(found)
+    nodes = [x for x in jax.tree_util.tree_leaves(tree, is_leaf=_blocks) if _blocks(x)]
+    sizes = {np.shape(w)[0] for x in nodes for w in jax.tree.leaves(x[STACKED])}
+    n = sizes.pop() if len(sizes) == 1 else None  # the masked copies' depth, when unambiguous
+    out = jax.tree_util.tree_map(lambda x: unstack_layers(x, n) if _blocks(x) else x, tree, is_leaf=_blocks)
+    return out, any(_holds_stacked(x) for x in nodes)
 
 
 def stack_like(tree: Any, target: Any) -> Any:
     """``tree`` (``unstack_all(target)``'s structure) with its layers stacked again wherever
     ``target`` holds them stacked."""
-    return jax.tree_util.tree_map(lambda t, x: stack_layers(x) if _holds_stacked(t) else x,
-                                  target, tree, is_leaf=_holds_stacked)
+    def back(t, x):
+        if not _blocks(t):
+            return x
+        return stack_layers(x) if jax.tree.leaves(t[STACKED]) else t  # a masked copy: as the target's
+
+    return jax.tree_util.tree_map(back, target, tree, is_leaf=_blocks)
 
 
 def to_layout(cfg, variables: Mapping) -> Any:
@@ -121,8 +129,8 @@ def for_decoding(tree: Any) -> Any:
     if not isinstance(tree, Mapping):
         return tree
     node = {k: for_decoding(v) if k != STACKED else v for k, v in tree.items()}
-    if isinstance(node.get(STACKED), Mapping) and "attn" in node[STACKED]:
-        kernels = _select(node[STACKED], True)
+    kernels = _select(node[STACKED], True) if _holds_stacked(node) else {}
+    if kernels:  # (none left: already for decoding)
         node = {**unstack_layers({STACKED: kernels}), **{k: v for k, v in node.items() if k != STACKED},
                 STACKED: _select(node[STACKED], False)}
     return node

@@ -62,3 +62,27 @@ def test_unstack_all_reaches_optimizer_moments_and_abstract_leaves():
     again = stack_like(per, abstract)
     assert jax.tree.structure(again) == jax.tree.structure(state)
     assert unstack_all({"rm": abstract["rm"], "step": 1})[1] is False
+
+
+def _actor_critic_state(policy, critic):
+    """PPO's optimizer: multi_transform, whose moments hold masked (leafless) copies of each tree."""
+    opt = optax.multi_transform({"policy": optax.adam(1e-3), "critic": optax.adam(1e-3)},
+                                lambda p: {k: jax.tree.map(lambda _: k, v) for k, v in p.items()})
+    params = {"policy": policy, "critic": critic}
+    return {"params": params, "opt": opt.init(params)}
+
+
+def test_actor_critic_states_restore_in_either_layout(tmp_path):
+    """A multi_transform state (empty MaskedNode copies of a stacked tree) restores as saved, and
+    from the per-layer layout."""
+    stacked = init_params(DEEP, jax.random.PRNGKey(0))
+    per_layer = to_layout(DEEP.replace(scan_layers=False), stacked)
+    target = _actor_critic_state(stacked, stacked)
+    for step, saved in ((1, target), (2, _actor_critic_state(per_layer, per_layer))):
+        ck = RunCheckpoints(str(tmp_path / str(step)))
+        ck.save("rl", step, saved)
+        restored, _ = ck.restore("rl", target)
+        ck.close()
+        assert jax.tree.structure(restored) == jax.tree.structure(target)
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(target)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
