@@ -65,8 +65,9 @@ class TransformerConfig:
         does not grow with depth; the samplers unstack the kernels once before the decode loop.
         None: scan from ``SCAN_MIN_LAYERS`` layers on. Parameters saved in the other layout convert
         with ``models.to_layout(cfg, variables)``. Measured on a 2-core CPU at GPT-2-small size: a
-        PPO iteration compiles in 15 s instead of 30 s in the unrolled layout; a 2-layer model's
-        fwd+bwd is 1.4x slower scanned (the loop costs more than it saves there).
+        PPO iteration compiles in 21 s against 56 s unrolled (one run; on another machine, 15 s
+        stacked against 30 s when the scan stacked per-layer weights on every call); a 2-layer
+        model's fwd+bwd is 1.4x slower scanned (the loop costs more than it saves there).
       attention: implementation of attention, one of ``ATTENTION`` (``models/attention.py``).
       remat: rematerialisation of each block in the backward pass, a key of ``REMAT_POLICIES``.
     """
