@@ -75,6 +75,7 @@ def main() -> None:
     seeds = range(a.seeds)
     seq = [trial("sequential", s) for s in seeds]
     vec = [trial("vectorized", s) for s in seeds]
+
     def cache(mode):
         if a.no_cache:
             return None

@@ -106,7 +106,7 @@ def stack_like(tree: Any, target: Any) -> Any:
     def back(t, x):
         if not _blocks(t):
             return x
-        return stack_layers(x) if jax.tree.leaves(t[STACKED]) else t  # a masked copy: as the target's
+        return stack_layers(x) if _holds_stacked(t) else t  # a masked copy: as the target's
 
     return jax.tree_util.tree_map(back, target, tree, is_leaf=_blocks)
 
