@@ -61,10 +61,6 @@ class RunCheckpoints:
         mgr = self._manager(stage)
         steps = [step] if step is not None else sorted(mgr.all_steps(), reverse=True)
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
-        try:
-            per_layer, has_stacked = unstack_all(abstract)
-        except ValueError:  # not a layout this fallback knows: restore as saved, or report it
-            per_layer, has_stacked = None, False
         failed: list[tuple[int, str]] = []
         for s in steps:
             try:
@@ -73,7 +69,7 @@ class RunCheckpoints:
                         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 -- Orbax / TensorStore raise many types here
                 failed.append((s, (str(e).strip().splitlines() or [type(e).__name__])[0][:200]))
-                if has_stacked and (out := self._restore_per_layer(mgr, s, per_layer, abstract)):
+                if out := self._restore_per_layer(mgr, s, abstract):
                     failed.pop()
                 else:
                     continue
@@ -85,9 +81,15 @@ class RunCheckpoints:
                           f"{os.path.join(self.root, stage)} to redo the {stage} stage from its start")
 
     @staticmethod
-    def _restore_per_layer(mgr, step: int, per_layer: Any, abstract: Any) -> dict | None:
+    def _restore_per_layer(mgr, step: int, abstract: Any) -> dict | None:
         """A checkpoint written with its layers one by one (``layer_i``, as before the stacked
         layout, ``models.layout``) restored into a target that holds them stacked, or None."""
+        try:
+            per_layer, has_stacked = unstack_all(abstract)
+        except ValueError:  # not a layout this fallback knows (e.g. masked copies of unknown depth)
+            return None
+        if not has_stacked:
+            return None
         try:
             with deferred_interrupts():
                 out = mgr.restore(step, args=ocp.args.Composite(
