@@ -31,6 +31,7 @@ from rlhf_jax.metrics.aggregate import to_python
 from rlhf_jax.runner.config_loader import ConfigError, config_to_dict
 from rlhf_jax.runner.report import _flatten as _flat
 from rlhf_jax.runner.run_dir import STOPPED_FILE, write_json
+from rlhf_jax.sharding.jit import jit_step
 
 
 def _log(msg: str) -> None:
@@ -160,7 +161,7 @@ def _run_program(stages: list, start: int) -> list:
     s0 = stages[0]
     n = len(stages)
     raw = s0.algo.make_iteration(s0.setup, s0.sec)
-    step = raw if n == 1 else jax.jit(jax.vmap(raw, in_axes=(0, None, 0, 0)), donate_argnums=(0,))
+    step = raw if n == 1 else jit_step(jax.vmap(raw, in_axes=(0, None, 0, 0)))  # state donated
     state = s0.state if n == 1 else _stack([s.state for s in stages])
     hp = s0.hp if n == 1 else _stack([s.hp for s in stages])
     alive = [True] * n
