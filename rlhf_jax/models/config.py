@@ -62,7 +62,7 @@ class TransformerConfig:
       dtype: compute dtype of activations; logits are always returned in float32.
       scan_layers: the blocks' weights are stored stacked (``params['layers']``, a leading layer
         axis; ``models.layout``) and every forward runs them as one ``lax.scan``, so compile time
-        does not grow with depth; the samplers unstack the kernels once before the decode loop.
+        does not grow with depth; the samplers unstack the layers once before the decode loop.
         None: scan from ``SCAN_MIN_LAYERS`` layers on. Parameters saved in the other layout convert
         with ``models.to_layout(cfg, variables)``. Measured on a 2-core CPU at GPT-2-small size: a
         PPO iteration compiles in 21 s against 56 s unrolled (one run; on another machine, 15 s

@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from rlhf_jax.models.attention import attention
 from rlhf_jax.models.config import REMAT_POLICIES, TransformerConfig
 from rlhf_jax.models.cpu_kernels import linear
-from rlhf_jax.models.layout import check_layout, layer_variables
+from rlhf_jax.models.layout import check_layout
 from rlhf_jax.models.lora import adapter_delta
 
 Array = jax.Array
@@ -263,16 +263,12 @@ class Transformer(nn.Module):
                               for i in range(cfg.n_layers)}
         else:
             # Unrolled, one block per layer: a config that does not scan, or a cached call of one
-            # that does on ``layout.for_decoding``'s weights (kernels per layer, the small leaves
-            # stacked: a sampler makes them once before its decode loop).
+            # that does on ``layout.for_decoding``'s per-layer weights (a sampler makes them once
+            # before its decode loop).
             block_cls = nn.remat(Block, policy=policy) if remat else Block
             for i in range(cfg.n_layers):
                 layer_cache = None if cache is None else cache["layers"][f"layer_{i}"]
-                if "layers" in names:
-                    x, lc = Block(cfg, parent=None).apply(layer_variables(self.variables, i), x, positions,
-                                                          key_mask, q_offset, layer_cache)
-                else:
-                    x, lc = block_cls(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
+                x, lc = block_cls(cfg, name=f"layer_{i}")(x, positions, key_mask, q_offset, layer_cache)
                 new_layers[f"layer_{i}"] = lc
         hidden = Norm(cfg, name="final_norm")(x)
         out_hidden = hidden[:, -1:] if last_only else hidden
